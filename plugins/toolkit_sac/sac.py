@@ -1,0 +1,179 @@
+"""Soft Actor-Critic (Haarnoja et al. 2018, "Soft Actor-Critic Algorithms and Applications").
+
+SAC maximises return plus policy entropy, ``sum_t E[r_t + alpha * H(pi(.|s_t))]``, with
+
+* twin soft Q-functions ``Q_1, Q_2`` and Polyak-averaged targets; the smaller target value
+  is used in the Bellman backup to curb overestimation;
+* a tanh-squashed Gaussian policy trained through the reparameterisation trick;
+* a temperature ``alpha`` tuned so that the policy's entropy stays near a target (``-dim A``).
+
+Speed notes (DESIGN.md, Speed): the twin critics are one stacked ensemble; the critic, actor
+and temperature losses share one backward pass and one optimiser step (they touch disjoint
+parameters, and the actor reads the critics through detached weights), and no metric is read
+back to the host inside :meth:`SAC.update`. The update is pure tensor code, so it can be
+wrapped in ``torch.compile`` or captured in a CUDA graph later.
+"""
+
+from __future__ import annotations
+
+import math
+
+import gymnasium as gym
+import torch
+from torch import nn
+
+from toolkit.agent import Agent, Batch
+from toolkit.curiosity import CuriousAgent
+from toolkit.networks import EnsembleMLP, mlp
+from toolkit_sac.spec import SACConfig, SACICMConfig
+
+LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
+HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
+
+
+class TanhGaussianActor(nn.Module):
+    """``a = scale * tanh(u) + bias`` with ``u ~ N(mu(s), sigma(s))``, the SAC policy."""
+
+    def __init__(self, obs_dim: int, action_space: gym.spaces.Box, hidden: tuple[int, ...]) -> None:
+        super().__init__()
+        act_dim = int(action_space.shape[0])
+        self.net = mlp(obs_dim, hidden, 2 * act_dim)
+        low = torch.as_tensor(action_space.low, dtype=torch.float32)
+        high = torch.as_tensor(action_space.high, dtype=torch.float32)
+        self.register_buffer("scale", (high - low) / 2.0)
+        self.register_buffer("bias", (high + low) / 2.0)
+
+    def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mean, log_std = self.net(obs).chunk(2, dim=-1)
+        # Squash log_std smoothly into [LOG_STD_MIN, LOG_STD_MAX] (as CleanRL does) for stability.
+        log_std = LOG_STD_MIN + 0.5 * (LOG_STD_MAX - LOG_STD_MIN) * (torch.tanh(log_std) + 1.0)
+        return mean, log_std
+
+    def sample(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """A reparameterised action and its log-probability ``[B, 1]``."""
+        mean, log_std = self(obs)
+        noise = torch.randn_like(mean)
+        u = mean + noise * log_std.exp()
+        # log N(u; mu, sigma), then the change of variables through tanh (paper, appendix C):
+        # log pi(a|s) = log N(u) - sum log(scale * (1 - tanh(u)^2)), written stably with softplus.
+        log_prob = -0.5 * noise.pow(2) - log_std - HALF_LOG_2PI
+        log_det = 2.0 * (math.log(2.0) - u - nn.functional.softplus(-2.0 * u)) + torch.log(self.scale)
+        action = torch.tanh(u) * self.scale + self.bias
+        return action, (log_prob - log_det).sum(-1, keepdim=True)
+
+    def mode(self, obs: torch.Tensor) -> torch.Tensor:
+        """The deterministic action used for evaluation."""
+        mean, _ = self(obs)
+        return torch.tanh(mean) * self.scale + self.bias
+
+
+class SAC(Agent):
+    """Soft Actor-Critic for continuous (Box) action spaces."""
+
+    def __init__(
+        self,
+        config: SACConfig,
+        observation_space: gym.spaces.Box,
+        action_space: gym.spaces.Box,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        super().__init__()
+        self.config = config
+        obs_dim = int(observation_space.shape[0])
+        act_dim = int(action_space.shape[0])
+        hidden = tuple(config.hidden_sizes)
+
+        self.actor = TanhGaussianActor(obs_dim, action_space, hidden).to(device)
+        self.critic = EnsembleMLP(2, obs_dim + act_dim, hidden, 1).to(device)
+        self.target_critic = EnsembleMLP(2, obs_dim + act_dim, hidden, 1).to(device)
+        self.target_critic.load_state_dict(self.critic.state_dict())
+        self.target_critic.requires_grad_(False)
+
+        self.log_alpha = torch.tensor(math.log(config.alpha), device=device, requires_grad=config.autotune_alpha)
+        self.target_entropy = -float(act_dim) if config.target_entropy is None else config.target_entropy
+
+        # One optimiser over disjoint parameter groups: Adam is per-parameter, so this equals
+        # three optimisers, but it costs one step instead of three.
+        groups = [
+            {"params": list(self.critic.parameters()), "lr": config.critic_lr or config.lr},
+            {"params": list(self.actor.parameters()), "lr": config.lr},
+        ]
+        if config.autotune_alpha:
+            groups.append({"params": [self.log_alpha], "lr": config.lr})
+        self.optimizer = torch.optim.Adam(groups, **_fast_adam_options(device))
+        self._critic_params = list(self.critic.parameters())
+        self._target_params = list(self.target_critic.parameters())
+
+        self.checkpointed = {
+            "actor": self.actor,
+            "critic": self.critic,
+            "target_critic": self.target_critic,
+            "log_alpha": self.log_alpha,
+            "optimizer": self.optimizer,
+        }
+
+    @torch.no_grad()
+    def act(self, obs: torch.Tensor, deterministic: bool = False) -> torch.Tensor:
+        """Sample from the policy, or take its mean action when ``deterministic``."""
+        if deterministic:
+            return self.actor.mode(obs)
+        return self.actor.sample(obs)[0]
+
+    def update(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """One SAC gradient step on critics, actor and temperature."""
+        cfg = self.config
+        alpha = self.log_alpha.detach().exp()
+
+        # Soft Bellman target (paper eq. 3 with clipped double Q):
+        # y = r + gamma (1 - done) (min_i Q'_i(s', a') - alpha log pi(a'|s')),  a' ~ pi(.|s')
+        with torch.no_grad():
+            next_action, next_log_prob = self.actor.sample(batch.next_obs)
+            next_q = self.target_critic(torch.cat([batch.next_obs, next_action], -1)).min(0).values
+            target = batch.rewards + cfg.gamma * (1.0 - batch.dones) * (next_q - alpha * next_log_prob)
+
+        # Critic loss J_Q = 1/2 E[(Q_i(s, a) - y)^2], summed over the twin critics (eq. 5).
+        q = self.critic(torch.cat([batch.obs, batch.actions], -1))
+        critic_loss = 0.5 * (q - target).pow(2).mean(dim=(1, 2)).sum()
+
+        # Policy loss J_pi = E[alpha log pi(a|s) - min_i Q_i(s, a)], a reparameterised (eq. 7).
+        # The critics are read through detached weights, so this loss moves the actor only.
+        action, log_prob = self.actor.sample(batch.obs)
+        q_pi = self.critic(torch.cat([batch.obs, action], -1), detach_params=True).min(0).values
+        actor_loss = (alpha * log_prob - q_pi).mean()
+
+        # Temperature loss J(alpha) = E[-alpha (log pi(a|s) + target_entropy)] (eq. 18), in log alpha.
+        alpha_loss = -(self.log_alpha * (log_prob.detach() + self.target_entropy)).mean()
+
+        self.optimizer.zero_grad(set_to_none=True)
+        (critic_loss + actor_loss + (alpha_loss if cfg.autotune_alpha else 0.0)).backward()
+        self.optimizer.step()
+
+        # Polyak averaging of the target critics: theta' <- (1 - tau) theta' + tau theta.
+        with torch.no_grad():
+            torch._foreach_lerp_(self._target_params, self._critic_params, cfg.tau)
+
+        return {
+            "critic_loss": critic_loss.detach(),
+            "actor_loss": actor_loss.detach(),
+            "alpha": alpha,
+            "entropy": -log_prob.detach().mean(),
+            "q_mean": q.detach().mean(),
+        }
+
+
+def _fast_adam_options(device: torch.device | str) -> dict[str, bool]:
+    """Fused Adam where this torch supports it on the device, else the multi-tensor one."""
+    kind = torch.device(device).type
+    if kind in {"cuda", "cpu"} and tuple(int(x) for x in torch.__version__.split(".")[:2]) >= (2, 4):
+        return {"fused": True}
+    return {"foreach": True}
+
+
+def make_sac(config: SACConfig, observation_space: gym.Space, action_space: gym.Space, device: str) -> SAC:
+    """Factory named by the ``sac`` entry point."""
+    return SAC(config, observation_space, action_space, device)
+
+
+def make_sac_icm(config: SACICMConfig, observation_space: gym.Space, action_space: gym.Space, device: str) -> Agent:
+    """Factory named by the ``sac-icm`` entry point: SAC wrapped in the curiosity module."""
+    return CuriousAgent(SAC(config, observation_space, action_space, device), observation_space, action_space, config.curiosity, device)

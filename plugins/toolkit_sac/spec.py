@@ -1,0 +1,68 @@
+"""Entry-point targets of the SAC plugins.
+
+This module is imported by ``toolkit list``: it must stay light (config dataclasses and
+specs only); the algorithm in :mod:`toolkit_sac.sac` is imported when an agent is built.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from toolkit.configs import CuriosityConfig, OffPolicyConfig
+from toolkit.config import nested, option
+from toolkit.registry import AgentSpec
+
+
+@dataclass(frozen=True)
+class SACConfig(OffPolicyConfig):
+    """Soft Actor-Critic settings; defaults follow Haarnoja et al. (2018) for MuJoCo."""
+
+    lr: float = option(3e-4, "Adam learning rate of actor, critics and temperature (paper: 3e-4).")
+    critic_lr: float | None = option(None, "Critic learning rate, if it should differ from lr.")
+    gamma: float = option(0.99, "Discount factor.")
+    tau: float = option(0.005, "Polyak averaging rate of the target critics.")
+    hidden_sizes: tuple[int, ...] = option((256, 256), "Hidden layer widths of actor and critics.")
+    autotune_alpha: bool = option(True, "Tune the entropy temperature alpha to reach target_entropy.")
+    alpha: float = option(1.0, "Initial (or, without autotuning, fixed) entropy temperature.")
+    target_entropy: float | None = option(None, "Entropy target; None means -dim(action space).")
+
+    def validate(self) -> None:
+        """Raise ValueError for settings that cannot work."""
+        super().validate()
+        if not 0.0 < self.gamma <= 1.0:
+            raise ValueError(f"gamma must lie in (0, 1], got {self.gamma}")
+        if not 0.0 < self.tau <= 1.0:
+            raise ValueError(f"tau must lie in (0, 1], got {self.tau}")
+        if self.alpha <= 0:
+            raise ValueError(f"alpha must be positive, got {self.alpha}")
+
+
+@dataclass(frozen=True)
+class SACICMConfig(SACConfig):
+    """SAC with an Intrinsic Curiosity Module paying an exploration bonus."""
+
+    curiosity: CuriosityConfig = nested(CuriosityConfig, "Intrinsic Curiosity Module settings.")
+
+    def validate(self) -> None:
+        """Raise ValueError for settings that cannot work."""
+        super().validate()
+        self.curiosity.validate()
+
+
+SAC = AgentSpec(
+    name="sac",
+    config=SACConfig,
+    factory="toolkit_sac.sac:make_sac",
+    kind="off-policy",
+    action_spaces=("box",),
+    description="Soft Actor-Critic (Haarnoja et al. 2018): twin critics, tanh-Gaussian policy, auto-tuned entropy.",
+)
+
+SAC_ICM = AgentSpec(
+    name="sac-icm",
+    config=SACICMConfig,
+    factory="toolkit_sac.sac:make_sac_icm",
+    kind="off-policy",
+    action_spaces=("box",),
+    description="SAC with the Intrinsic Curiosity Module (Pathak et al. 2017) as an exploration bonus.",
+)

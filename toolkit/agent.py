@@ -1,0 +1,74 @@
+"""The contract between the framework and an agent plugin.
+
+An agent acts and learns; it never steps environments, writes logs, seeds, parses the
+command line or talks to Ray. The framework's loops do that once for every agent, which is
+why the same plugin runs locally, under Ray and in the contract tests.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, NamedTuple
+
+import torch
+
+
+
+class Batch(NamedTuple):
+    """A minibatch of transitions, all tensors on the learner's device.
+
+    ``dones`` is 1.0 only where the episode *terminated* (a time-limit truncation is not a
+    terminal state, so bootstrapping continues through it). ``obs_history`` holds the last
+    ``k`` observations ending at ``obs`` (shape ``[B, k, *obs_shape]``) when an agent asks
+    for history through :attr:`Agent.history_length`; earlier steps of the same episode
+    are repeated at an episode's start.
+    """
+
+    obs: torch.Tensor
+    actions: torch.Tensor
+    rewards: torch.Tensor
+    next_obs: torch.Tensor
+    dones: torch.Tensor
+    obs_history: torch.Tensor | None = None
+
+
+class Agent(ABC):
+    """Base class of every agent.
+
+    Subclasses put everything that must survive a checkpoint (networks, optimisers, tensors)
+    in :attr:`checkpointed`; :meth:`state_dict` and :meth:`load_state_dict` then come for free.
+    """
+
+    #: Observations of history the agent needs in each batch (1 = just the current one).
+    history_length: int = 1
+
+    def __init__(self) -> None:
+        self.checkpointed: dict[str, Any] = {}
+
+    @abstractmethod
+    def act(self, obs: torch.Tensor, deterministic: bool = False) -> torch.Tensor:
+        """Actions for a batch of observations, in the environment's action space."""
+
+    @abstractmethod
+    def update(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """One gradient step. Returns scalar metrics as tensors: the framework decides when to
+        read them, so the update never waits on the device."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue exactly, as tensors and plain Python values."""
+        out: dict[str, Any] = {}
+        for name, obj in self.checkpointed.items():
+            out[name] = obj.state_dict() if hasattr(obj, "state_dict") else obj.detach().clone()
+        return out
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned."""
+        missing = set(self.checkpointed) - set(state)
+        if missing:
+            raise KeyError(f"checkpoint lacks {sorted(missing)}")
+        for name, obj in self.checkpointed.items():
+            if hasattr(obj, "load_state_dict"):
+                obj.load_state_dict(state[name])
+            else:
+                with torch.no_grad():
+                    obj.copy_(state[name])

@@ -1,0 +1,155 @@
+"""The `toolkit` command line: parse, look up the registry, hand over.
+
+No algorithm is imported by name here; agents come from the ``toolkit.agents`` entry points.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from toolkit.errors import ToolkitError
+
+app = typer.Typer(
+    name="toolkit",
+    help="Train, evaluate and resume reinforcement-learning agents; every agent is a plugin.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+err_console = Console(stderr=True)
+
+
+def _fail(exc: ToolkitError) -> None:
+    err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+    raise typer.Exit(exc.exit_code)
+
+
+@app.command()
+def train(
+    agent: Annotated[str, typer.Argument(help="Agent name, as listed by `toolkit list`.")],
+    env: Annotated[str, typer.Option("--env", "-e", help="Gymnasium environment id, e.g. Hopper-v4.")],
+    steps: Annotated[Optional[int], typer.Option(help="Environment steps to train (default: the agent's).")] = None,
+    seed: Annotated[int, typer.Option(help="Random seed of env, networks and sampling.")] = 0,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    config: Annotated[Optional[Path], typer.Option("--config", help="YAML file of agent settings.")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override one agent setting: key=value (repeatable).")] = None,
+    run_dir: Annotated[Optional[Path], typer.Option(help="Run directory (default: runs/<agent>/<env>/<time>-s<seed>).")] = None,
+    eval_every: Annotated[int, typer.Option(help="Evaluate every N steps (0: never).")] = 0,
+    eval_episodes: Annotated[int, typer.Option(help="Episodes per periodic evaluation.")] = 5,
+    checkpoint_every: Annotated[int, typer.Option(help="Checkpoint every N steps (and always at the end).")] = 10_000,
+    log_every: Annotated[int, typer.Option(help="Write training metrics every N steps.")] = 1_000,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = True,
+) -> None:
+    """Train AGENT on an environment and write a run directory."""
+    from toolkit.training import start_training
+
+    try:
+        path, result = start_training(
+            agent, env, steps, seed, device, config, set_, run_dir, eval_every=eval_every,
+            eval_episodes=eval_episodes, checkpoint_every=checkpoint_every, log_every=log_every,
+            progress=progress,
+        )
+    except ToolkitError as exc:
+        _fail(exc)
+    _report(path, result)
+
+
+@app.command()
+def resume(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory written by `toolkit train`.")],
+    steps: Annotated[Optional[int], typer.Option(help="Train up to this many total steps (default: the run's target).")] = None,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = True,
+) -> None:
+    """Continue a run from its last checkpoint."""
+    from toolkit.training import resume_training
+
+    try:
+        path, result = resume_training(run_dir, steps, progress)
+    except ToolkitError as exc:
+        _fail(exc)
+    _report(path, result)
+
+
+def _report(path: Path, result: object) -> None:
+    step = getattr(result, "step", "?")
+    last = getattr(result, "last_return", None)
+    ret = f", last episode return {last:.1f}" if last is not None else ""
+    if getattr(result, "interrupted", False):
+        console.print(f"Interrupted at step {step}; checkpoint saved. Continue with: toolkit resume {path}")
+        raise typer.Exit(130)
+    console.print(f"Trained {step} steps{ret}. Run directory: {path}")
+
+
+@app.command("eval")
+def eval_(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory written by `toolkit train`.")],
+    episodes: Annotated[int, typer.Option(help="Deterministic episodes to run.")] = 10,
+    video: Annotated[bool, typer.Option("--video", help="Also write an MP4 of the first episode.")] = False,
+    seed: Annotated[Optional[int], typer.Option(help="Seed of the evaluation episodes.")] = None,
+) -> None:
+    """Evaluate a run's latest checkpoint with its deterministic policy."""
+    from toolkit.training import evaluate_run
+
+    try:
+        result, out, video_path = evaluate_run(run_dir, episodes, video, seed)
+    except ToolkitError as exc:
+        _fail(exc)
+    console.print(f"return {result.mean:.1f} ± {result.std:.1f} over {len(result.returns)} episodes -> {out}")
+    if video_path is not None:
+        console.print(f"video: {video_path}")
+
+
+@app.command("list")
+def list_() -> None:
+    """Every installed plugin: name, group, kind, distribution, version and status."""
+    from toolkit.registry import registry
+
+    table = Table(show_lines=False)
+    for column in ("name", "group", "kind", "distribution", "version", "status"):
+        table.add_column(column)
+    entries = registry.all_entries()
+    for entry in entries:
+        status = entry.status if entry.status == "ok" else f"[red]{entry.status}[/]: {entry.reason}"
+        table.add_row(entry.name, entry.group, entry.kind, entry.distribution, entry.version, status)
+    console.print(table)
+    if not entries:
+        console.print("No plugins found; is the toolkit installed (pip install -e .)?")
+
+
+@app.command()
+def describe(agent: Annotated[str, typer.Argument(help="Agent name, as listed by `toolkit list`.")]) -> None:
+    """Show an agent's settings with their defaults and help; set them with --set key=value."""
+    from toolkit.config import describe as describe_config
+    from toolkit.registry import registry
+
+    try:
+        spec = registry.agent(agent)
+    except ToolkitError as exc:
+        _fail(exc)
+    console.print(f"[bold]{spec.name}[/] ({spec.kind}; actions: {', '.join(spec.action_spaces)}): {spec.description}")
+    table = Table()
+    for column in ("key", "type", "default", "help"):
+        table.add_column(column)
+    for info in describe_config(spec.config):
+        table.add_row(info.key, info.type_name, repr(info.default), info.help)
+    console.print(table)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    try:
+        app()
+    except KeyboardInterrupt:  # a second Ctrl-C during shutdown
+        err_console.print("interrupted")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,56 @@
+"""Config dataclasses that several plugins share.
+
+Import-light on purpose (no torch): plugin spec modules import these, and ``toolkit list``
+imports the spec modules.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from toolkit.config import option
+
+
+@dataclass(frozen=True)
+class OffPolicyConfig:
+    """Settings every off-policy agent shares; the framework's loop reads them."""
+
+    buffer_size: int = option(1_000_000, "Replay buffer capacity in transitions.")
+    batch_size: int = option(256, "Transitions per gradient step.")
+    learning_starts: int = option(5_000, "Env steps of uniformly random actions before learning begins.")
+    train_every: int = option(1, "Env steps between rounds of gradient steps.")
+    updates_per_step: int = option(1, "Gradient steps per round (the update-to-data ratio).")
+
+    def validate(self) -> None:
+        """Raise ValueError for settings that cannot work."""
+        for name in ("buffer_size", "batch_size", "train_every", "updates_per_step"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.learning_starts < 0:
+            raise ValueError(f"learning_starts must be >= 0, got {self.learning_starts}")
+
+
+@dataclass(frozen=True)
+class CuriosityConfig:
+    """Settings of the Intrinsic Curiosity Module."""
+
+    feature_dim: int = option(64, "Width of the learned feature space phi(s).")
+    hidden_size: int = option(256, "Hidden width of the encoder, forward and inverse models.")
+    beta: float = option(0.2, "Weight of the forward loss against the inverse loss (paper: 0.2).")
+    eta: float = option(1.0, "Scale of the intrinsic reward eta/2 * ||phi_hat(s') - phi(s')||^2.")
+    intrinsic_weight: float = option(0.1, "Weight of the intrinsic reward added to the extrinsic one.")
+    lr: float = option(1e-3, "Adam learning rate of the curiosity module.")
+    frame_stack: int = option(1, "Observations the forward model sees (k > 1: multi-frame ICM).")
+    inverse_loss: Literal["mse", "gaussian"] = option(
+        "mse", "Continuous actions: inverse model trained by MSE or by a Gaussian log-likelihood."
+    )
+
+    def validate(self) -> None:
+        """Raise ValueError for settings that cannot work."""
+        if not 0.0 <= self.beta <= 1.0:
+            raise ValueError(f"curiosity.beta must lie in [0, 1], got {self.beta}")
+        if self.frame_stack < 1:
+            raise ValueError(f"curiosity.frame_stack must be >= 1, got {self.frame_stack}")
+        if self.feature_dim <= 0 or self.hidden_size <= 0:
+            raise ValueError("curiosity.feature_dim and curiosity.hidden_size must be positive")

@@ -1,0 +1,182 @@
+"""Intrinsic Curiosity Module (Pathak et al. 2017, "Curiosity-driven Exploration by
+Self-supervised Prediction"), as a wrapper that gives any agent a curiosity bonus.
+
+The module learns three things from the agent's own transitions ``(s, a, s')``:
+
+* a feature encoder ``phi``;
+* an inverse model ``g`` predicting ``a`` from ``phi(s)`` and ``phi(s')``; its loss ``L_I``
+  shapes ``phi`` to keep only what the agent can influence;
+* a forward model ``f`` predicting ``phi(s')`` from ``phi(s)`` and ``a``; its loss is
+  ``L_F = 1/2 ||f(phi(s), a) - phi(s')||^2``.
+
+The module minimises ``(1 - beta) L_I + beta L_F`` (paper eq. 7), and the agent is paid the
+intrinsic reward ``r_i = eta/2 ||f(phi(s), a) - phi(s')||^2`` (eq. 6), added to the
+extrinsic reward with weight ``intrinsic_weight``. Transitions the forward model has learned
+to predict stop paying, so the agent is pushed towards what it cannot predict yet.
+
+With ``frame_stack = k`` the forward model sees the encodings of the last ``k`` observations,
+``f(phi(s_{t-k+1}), ..., phi(s_t), a_t)``: the multi-frame variant, for dynamics that one
+observation does not pin down.
+
+:class:`CuriousAgent` wraps any :class:`~toolkit.agent.Agent`: acting is unchanged, and each
+update first relabels the batch's rewards with the bonus, then lets the wrapped agent learn.
+"""
+
+from __future__ import annotations
+
+
+import gymnasium as gym
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from toolkit.agent import Agent, Batch
+from toolkit.configs import CuriosityConfig
+from toolkit.networks import mlp
+
+
+def _encoder(observation_space: gym.spaces.Box, config: CuriosityConfig) -> nn.Module:
+    """An MLP for vector observations, a small convolutional net for images (C, H, W) or (H, W, C)."""
+    shape = observation_space.shape
+    if len(shape) == 1:
+        return nn.Sequential(mlp(shape[0], [config.hidden_size], config.feature_dim, nn.ELU), nn.ELU())
+    if len(shape) == 3:
+        channels = shape[0] if shape[0] <= 4 else shape[-1]
+        conv = nn.Sequential(  # four stride-2 3x3 convolutions with ELU, as in the paper
+            nn.Conv2d(channels, 32, 3, stride=2, padding=1), nn.ELU(),
+            nn.Conv2d(32, 32, 3, stride=2, padding=1), nn.ELU(),
+            nn.Conv2d(32, 32, 3, stride=2, padding=1), nn.ELU(),
+            nn.Conv2d(32, 32, 3, stride=2, padding=1), nn.ELU(),
+            nn.Flatten(),
+        )
+        return nn.Sequential(_ImageInput(channels_last=shape[0] > 4), conv, nn.LazyLinear(config.feature_dim))
+    raise ValueError(f"curiosity supports vector or image observations, not shape {shape}")
+
+
+class _ImageInput(nn.Module):
+    """Scale uint8 pixels to [0, 1] and move channels first if needed."""
+
+    def __init__(self, channels_last: bool) -> None:
+        super().__init__()
+        self.channels_last = channels_last
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.float() / 255.0 if not x.is_floating_point() else x
+        return x.movedim(-1, -3) if self.channels_last else x
+
+
+class ICM(nn.Module):
+    """The Intrinsic Curiosity Module: encoder, inverse model and forward model."""
+
+    def __init__(self, observation_space: gym.Space, action_space: gym.Space, config: CuriosityConfig) -> None:
+        super().__init__()
+        if not isinstance(observation_space, gym.spaces.Box):
+            raise ValueError(f"curiosity needs Box observations, not {observation_space}")
+        self.config = config
+        self.discrete = isinstance(action_space, gym.spaces.Discrete)
+        if self.discrete:
+            self.action_dim = int(action_space.n)
+        elif isinstance(action_space, gym.spaces.Box):
+            self.action_dim = int(action_space.shape[0])
+            # Inverse-model targets are actions rescaled to [-1, 1], so losses do not depend on units.
+            self.register_buffer("action_low", torch.as_tensor(action_space.low, dtype=torch.float32))
+            self.register_buffer("action_high", torch.as_tensor(action_space.high, dtype=torch.float32))
+        else:
+            raise ValueError(f"curiosity supports Discrete or Box actions, not {action_space}")
+        h, d, k = config.hidden_size, config.feature_dim, config.frame_stack
+        self.encoder = _encoder(observation_space, config)
+        inverse_out = self.action_dim * (2 if config.inverse_loss == "gaussian" and not self.discrete else 1)
+        self.inverse = mlp(2 * d, [h], inverse_out)
+        self.forward_model = mlp(k * d + self.action_dim, [h], d)
+
+    def _action_input(self, actions: torch.Tensor) -> torch.Tensor:
+        if self.discrete:
+            return F.one_hot(actions.long().reshape(-1), self.action_dim).float()
+        return 2.0 * (actions - self.action_low) / (self.action_high - self.action_low) - 1.0
+
+    def forward(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Return the per-transition intrinsic reward ``[B, 1]`` (no gradient) and the losses."""
+        cfg = self.config
+        history = batch.obs_history if cfg.frame_stack > 1 else batch.obs.unsqueeze(1)
+        if history is None:
+            raise ValueError("frame_stack > 1 needs batches sampled with observation history")
+        b, k = history.shape[:2]
+        phi_history = self.encoder(history.reshape(b * k, *history.shape[2:])).reshape(b, k, -1)
+        phi_s = phi_history[:, -1]
+        phi_next = self.encoder(batch.next_obs)
+        a = self._action_input(batch.actions)
+
+        # Forward model: predict phi(s') from the recent encodings and the action. The target is
+        # detached so the forward loss cannot shrink itself by collapsing the features; phi is
+        # shaped by the inverse loss, as the paper intends.
+        phi_pred = self.forward_model(torch.cat([phi_history.reshape(b, -1), a], dim=-1))
+        forward_error = 0.5 * (phi_pred - phi_next.detach()).pow(2).sum(-1, keepdim=True)
+        forward_loss = forward_error.mean()
+
+        # Inverse model: recover the action from phi(s) and phi(s').
+        inverse_out = self.inverse(torch.cat([phi_s, phi_next], dim=-1))
+        if self.discrete:
+            inverse_loss = F.cross_entropy(inverse_out, batch.actions.long().reshape(-1))
+        elif cfg.inverse_loss == "gaussian":
+            mean, log_std = inverse_out.chunk(2, dim=-1)
+            log_std = log_std.clamp(-5.0, 2.0)
+            nll = 0.5 * ((a - mean) / log_std.exp()).pow(2) + log_std
+            inverse_loss = nll.sum(-1).mean()
+        else:
+            inverse_loss = F.mse_loss(inverse_out, a)
+
+        loss = (1.0 - cfg.beta) * inverse_loss + cfg.beta * forward_loss
+        intrinsic = cfg.eta * forward_error.detach()  # eta/2 ||.||^2, the 1/2 is in forward_error
+        return intrinsic, {"loss": loss, "forward_loss": forward_loss.detach(), "inverse_loss": inverse_loss.detach()}
+
+
+class CuriousAgent(Agent):
+    """Any agent, paid a curiosity bonus: ``r = r_ext + intrinsic_weight * r_int``.
+
+    Acting is the wrapped agent's; each update trains the ICM on the batch and hands the wrapped
+    agent the same batch with relabelled rewards. Extrinsic and intrinsic rewards are reported
+    separately (``extrinsic_reward``, ``intrinsic_reward``) so their scales can be compared.
+    """
+
+    def __init__(
+        self,
+        agent: Agent,
+        observation_space: gym.Space,
+        action_space: gym.Space,
+        config: CuriosityConfig,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        super().__init__()
+        self.agent = agent
+        self.config = config
+        self.icm = ICM(observation_space, action_space, config).to(device)
+        self.history_length = max(agent.history_length, config.frame_stack)
+        if any(isinstance(p, nn.parameter.UninitializedParameter) for p in self.icm.parameters()):
+            with torch.no_grad():  # materialise lazy layers before the optimiser sees them
+                sample = torch.as_tensor(observation_space.sample()[None], device=device)
+                self.icm.encoder(sample)
+        self.optimizer = torch.optim.Adam(self.icm.parameters(), lr=config.lr)
+        self.checkpointed = {"agent": agent, "icm": self.icm, "icm_optimizer": self.optimizer}
+
+    def act(self, obs: torch.Tensor, deterministic: bool = False) -> torch.Tensor:
+        """The wrapped agent's action."""
+        return self.agent.act(obs, deterministic)
+
+    def update(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """Train the ICM, then the wrapped agent on curiosity-relabelled rewards."""
+        intrinsic, losses = self.icm(batch)
+        self.optimizer.zero_grad(set_to_none=True)
+        losses["loss"].backward()
+        self.optimizer.step()
+
+        relabelled = batch._replace(rewards=batch.rewards + self.config.intrinsic_weight * intrinsic)
+        metrics = self.agent.update(relabelled)
+        metrics.update(
+            icm_loss=losses["loss"].detach(),
+            icm_forward_loss=losses["forward_loss"],
+            icm_inverse_loss=losses["inverse_loss"],
+            extrinsic_reward=batch.rewards.mean(),
+            intrinsic_reward=intrinsic.mean(),
+        )
+        return metrics
+

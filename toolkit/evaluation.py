@@ -1,0 +1,101 @@
+"""Deterministic evaluation of an agent, with an optional headless video."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from toolkit.envs import make_env
+from toolkit.errors import ToolkitError
+
+
+@dataclass
+class EvalResult:
+    """Returns and lengths of evaluation episodes."""
+
+    returns: list[float]
+    lengths: list[int]
+
+    @property
+    def mean(self) -> float:
+        return float(np.mean(self.returns))
+
+    @property
+    def std(self) -> float:
+        return float(np.std(self.returns))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "episodes": len(self.returns),
+            "return_mean": self.mean,
+            "return_std": self.std,
+            "returns": self.returns,
+            "lengths": self.lengths,
+        }
+
+
+def evaluate(
+    agent: Any,
+    env_id: str,
+    episodes: int,
+    seed: int,
+    device: torch.device | str = "cpu",
+    video_path: Path | None = None,
+    env: Any = None,
+) -> EvalResult:
+    """Run ``episodes`` episodes with the agent's deterministic action.
+
+    The evaluation env is seeded from ``seed`` alone and the policy draws no random numbers,
+    so evaluating never disturbs a training run's random streams. With ``video_path`` the
+    first episode is rendered offscreen and written as an MP4.
+    """
+    if env is None or video_path is not None:
+        env = make_env(env_id, render_mode="rgb_array" if video_path is not None else None)
+    returns: list[float] = []
+    lengths: list[int] = []
+    frames: list[np.ndarray] = []
+    for episode in range(episodes):
+        obs, _ = env.reset(seed=seed + episode)
+        done, total, length = False, 0.0, 0
+        record = video_path is not None and episode == 0
+        while not done:
+            if record:
+                frames.append(_render(env, env_id))
+            obs_t = torch.as_tensor(np.asarray(obs)[None], device=device)
+            action = agent.act(obs_t, deterministic=True)[0].cpu().numpy()
+            obs, reward, terminated, truncated, _ = env.step(action)
+            total += float(reward)
+            length += 1
+            done = terminated or truncated
+        if record:
+            frames.append(_render(env, env_id))
+        returns.append(total)
+        lengths.append(length)
+    if video_path is not None:
+        write_video(video_path, frames, fps=int(env.metadata.get("render_fps", 30)))
+    return EvalResult(returns, lengths)
+
+
+def _render(env: Any, env_id: str) -> np.ndarray:
+    import gymnasium as gym
+
+    try:
+        return env.render()
+    except gym.error.DependencyNotInstalled as exc:
+        raise ToolkitError(f"Rendering {env_id} needs a package that is not installed: {exc}.") from None
+
+
+def write_video(path: Path, frames: list[np.ndarray], fps: int) -> None:
+    """Write RGB frames as an H.264 MP4 (imageio's bundled ffmpeg; no system ffmpeg needed)."""
+    import imageio.v2 as imageio
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.stem + ".tmp" + path.suffix)
+    with imageio.get_writer(tmp, fps=fps, codec="libx264", macro_block_size=1, ffmpeg_log_level="error") as writer:
+        for frame in frames:
+            writer.append_data(np.asarray(frame, dtype=np.uint8))
+    tmp.replace(path)

@@ -1,0 +1,1 @@
+"""Training loops: the framework steps environments so agents never have to."""

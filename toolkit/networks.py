@@ -1,0 +1,57 @@
+"""Small network building blocks shared by the plugins."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+
+def mlp(in_dim: int, hidden: Sequence[int], out_dim: int, activation: type[nn.Module] = nn.ReLU) -> nn.Sequential:
+    """A fully connected network ``in -> hidden... -> out`` with ``activation`` between layers."""
+    layers: list[nn.Module] = []
+    last = in_dim
+    for width in hidden:
+        layers += [nn.Linear(last, width), activation()]
+        last = width
+    layers.append(nn.Linear(last, out_dim))
+    return nn.Sequential(*layers)
+
+
+class EnsembleMLP(nn.Module):
+    """``n`` independent MLPs evaluated in one batched pass.
+
+    Weights are stacked as ``[n, in, out]`` so that, e.g., SAC's twin critics cost one matrix
+    multiply per layer instead of two passes. Each member is initialised as ``nn.Linear``
+    would be, so an ensemble of one behaves like :func:`mlp`.
+    """
+
+    def __init__(self, n: int, in_dim: int, hidden: Sequence[int], out_dim: int) -> None:
+        super().__init__()
+        sizes = [in_dim, *hidden, out_dim]
+        self.weights = nn.ParameterList()
+        self.biases = nn.ParameterList()
+        for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
+            bound = 1.0 / math.sqrt(fan_in)
+            self.weights.append(nn.Parameter(torch.empty(n, fan_in, fan_out).uniform_(-bound, bound)))
+            self.biases.append(nn.Parameter(torch.empty(n, 1, fan_out).uniform_(-bound, bound)))
+        self.n = n
+
+    def forward(self, x: torch.Tensor, detach_params: bool = False) -> torch.Tensor:
+        """``x`` is ``[B, in]`` (shared by all members) or ``[n, B, in]``; returns ``[n, B, out]``.
+
+        ``detach_params`` evaluates the ensemble without letting gradients reach its weights
+        (an actor's loss must move the actor only), without toggling ``requires_grad``.
+        """
+        if x.dim() == 2:
+            x = x.unsqueeze(0).expand(self.n, -1, -1)
+        last = len(self.weights) - 1
+        for i, (w, b) in enumerate(zip(self.weights, self.biases)):
+            if detach_params:
+                w, b = w.detach(), b.detach()
+            x = torch.baddbmm(b, x, w)
+            if i < last:
+                x = torch.relu(x)
+        return x

@@ -1,0 +1,58 @@
+"""A progress bar for long work: steps, steps/s and the latest return."""
+
+from __future__ import annotations
+
+import time
+from types import TracebackType
+
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+
+class TrainingProgress:
+    """Context manager showing training progress; does nothing when disabled.
+
+    Updating a terminal costs time, so :meth:`update` redraws at most a few times a second.
+    """
+
+    def __init__(self, total: int, start: int = 0, enabled: bool = True, description: str = "training") -> None:
+        self.enabled = enabled
+        self.total, self.start = total, start
+        self._progress: Progress | None = None
+        self._task = None
+        self._last_draw = 0.0
+        self._window: tuple[float, int] = (time.perf_counter(), start)
+        self._rate = 0.0
+        self.description = description
+
+    def __enter__(self) -> TrainingProgress:
+        if self.enabled:
+            self._progress = Progress(
+                TextColumn("[bold]{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[rate]:>7.1f} steps/s"),
+                TextColumn("return {task.fields[ret]}"),
+                TimeRemainingColumn(),
+            )
+            self._progress.__enter__()
+            self._task = self._progress.add_task(self.description, total=self.total, completed=self.start, rate=0.0, ret="-")
+        return self
+
+    def update(self, step: int, last_return: float | None) -> None:
+        """Report that ``step`` steps are done; ``last_return`` is the latest episode's return."""
+        if self._progress is None:
+            return
+        now = time.perf_counter()
+        if now - self._last_draw < 0.25 and step < self.total:
+            return
+        t0, s0 = self._window
+        if now - t0 > 1.0:
+            self._rate = (step - s0) / (now - t0)
+            self._window = (now, step)
+        ret = "-" if last_return is None else f"{last_return:.1f}"
+        self._progress.update(self._task, completed=step, rate=self._rate, ret=ret)
+        self._last_draw = now
+
+    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
+        if self._progress is not None:
+            self._progress.__exit__(et, ev, tb)

@@ -1,0 +1,208 @@
+"""Plugin discovery through Python entry points.
+
+Three entry-point groups make up the public plugin API:
+
+* ``toolkit.agents`` names an :class:`AgentSpec`;
+* ``toolkit.envs`` names a callable that registers Gymnasium environments;
+* ``toolkit.models`` names a :class:`ModelSpec`.
+
+Discovery reads only the installed distributions' metadata. A spec is imported when it is
+first asked for, and a spec module is expected to be light (no torch at import time): the
+algorithm itself is named by a ``"module:attribute"`` string and imported only to train.
+A plugin that fails to import is reported as broken with its reason and never breaks the
+others; two distributions that claim one name are a conflict that names both.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata as md
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from toolkit import PLUGIN_API_VERSION
+from toolkit.errors import ToolkitError, did_you_mean
+
+AGENTS = "toolkit.agents"
+ENVS = "toolkit.envs"
+MODELS = "toolkit.models"
+GROUPS = (AGENTS, ENVS, MODELS)
+
+AgentKind = Literal["off-policy", "on-policy", "offline"]
+SpaceKind = Literal["box", "discrete", "multi-discrete", "multi-binary", "image"]
+
+
+def load_object(reference: str) -> Any:
+    """Import ``"package.module:attr.sub"`` and return the attribute."""
+    module_name, _, attr = reference.partition(":")
+    obj: Any = importlib.import_module(module_name)
+    for part in filter(None, attr.split(".")):
+        obj = getattr(obj, part)
+    return obj
+
+
+@dataclass(frozen=True)
+class AgentSpec:
+    """What a ``toolkit.agents`` entry point names: everything the framework needs to train
+    an agent without importing its code until it is used.
+
+    ``factory`` is called as ``factory(config, observation_space, action_space, device)`` and
+    returns an :class:`toolkit.agent.Agent`. Give it as ``"module:function"`` so that listing
+    plugins stays cheap; a callable also works.
+    """
+
+    name: str
+    config: type
+    factory: str | Callable[..., Any]
+    kind: AgentKind
+    action_spaces: tuple[str, ...]
+    observation_spaces: tuple[str, ...] = ("box",)
+    description: str = ""
+    #: Training budget used when ``--steps`` is not given.
+    default_steps: int = 1_000_000
+    api_version: int = PLUGIN_API_VERSION
+
+    def build(self, *args: Any, **kwargs: Any) -> Any:
+        """Import the factory and build the agent."""
+        factory = load_object(self.factory) if isinstance(self.factory, str) else self.factory
+        return factory(*args, **kwargs)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What a ``toolkit.models`` entry point names: a vision or generative model."""
+
+    name: str
+    config: type
+    factory: str | Callable[..., Any]
+    description: str = ""
+    api_version: int = PLUGIN_API_VERSION
+
+
+Status = Literal["ok", "broken", "incompatible", "conflict"]
+
+
+@dataclass
+class PluginEntry:
+    """One entry point found in the installed metadata, and what became of loading it."""
+
+    name: str
+    group: str
+    value: str
+    distribution: str
+    version: str
+    status: Status = "ok"
+    reason: str = ""
+    obj: Any = field(default=None, repr=False)
+    loaded: bool = False
+
+    @property
+    def kind(self) -> str:
+        """The agent kind for agents, the group's noun otherwise."""
+        if isinstance(self.obj, AgentSpec):
+            return self.obj.kind
+        return {AGENTS: "agent", ENVS: "env", MODELS: "model"}[self.group]
+
+    def load(self) -> Any:
+        """Import the entry point once; record why it failed instead of raising."""
+        if self.loaded or self.status == "conflict":
+            return self.obj
+        self.loaded = True
+        try:
+            self.obj = load_object(self.value)
+        except Exception as exc:  # a broken plugin must never break the others
+            self.status, self.reason = "broken", f"{type(exc).__name__}: {exc}"
+            return None
+        version = getattr(self.obj, "api_version", PLUGIN_API_VERSION)
+        if self.group != ENVS and version != PLUGIN_API_VERSION:
+            self.status = "incompatible"
+            self.reason = (
+                f"built for plugin API {version}, this toolkit speaks version {PLUGIN_API_VERSION}; "
+                f"install a release of {self.distribution} made for it"
+            )
+        elif self.group == AGENTS and not isinstance(self.obj, AgentSpec):
+            self.status, self.reason = "broken", f"{self.value} is not an AgentSpec"
+        elif self.group == MODELS and not isinstance(self.obj, ModelSpec):
+            self.status, self.reason = "broken", f"{self.value} is not a ModelSpec"
+        return self.obj
+
+
+def _distribution_entry_points(group: str) -> list[PluginEntry]:
+    entries: dict[tuple[str, str], PluginEntry] = {}
+    for ep in md.entry_points(group=group):
+        dist = ep.dist
+        dist_name = dist.metadata["Name"] if dist is not None else "unknown"
+        dist_version = dist.version if dist is not None else "?"
+        # The same distribution can be visible twice (e.g. an editable install on sys.path).
+        entries.setdefault(
+            (ep.name, dist_name),
+            PluginEntry(ep.name, group, ep.value, dist_name, dist_version),
+        )
+    return list(entries.values())
+
+
+class Registry:
+    """Entry points of one process, discovered once and loaded on demand."""
+
+    def __init__(self) -> None:
+        self._entries: dict[str, list[PluginEntry]] | None = None
+
+    def refresh(self) -> None:
+        """Forget what was discovered (after installing a plugin at run time)."""
+        self._entries = None
+
+    def entries(self, group: str) -> list[PluginEntry]:
+        """Every entry point in ``group``, conflicts marked, nothing imported."""
+        if self._entries is None:
+            self._entries = {}
+        if group not in self._entries:
+            found = sorted(_distribution_entry_points(group), key=lambda e: (e.name, e.distribution))
+            by_name: dict[str, list[PluginEntry]] = {}
+            for entry in found:
+                by_name.setdefault(entry.name, []).append(entry)
+            for name, same in by_name.items():
+                if len(same) > 1:
+                    owners = " and ".join(f"{e.distribution} {e.version}" for e in same)
+                    for entry in same:
+                        entry.status = "conflict"
+                        entry.reason = f"'{name}' is claimed by both {owners}; uninstall one"
+            self._entries[group] = found
+        return self._entries[group]
+
+    def all_entries(self) -> list[PluginEntry]:
+        """Every plugin of every group, each loaded so its status is known."""
+        out = [e for g in GROUPS for e in self.entries(g)]
+        for entry in out:
+            entry.load()
+        return out
+
+    def names(self, group: str) -> list[str]:
+        return sorted({e.name for e in self.entries(group)})
+
+    def get(self, group: str, name: str) -> Any:
+        """Load the plugin called ``name``; a clear :class:`ToolkitError` if that fails."""
+        noun = {AGENTS: "agent", ENVS: "environment plugin", MODELS: "model"}[group]
+        matches = [e for e in self.entries(group) if e.name == name]
+        if not matches:
+            raise ToolkitError(
+                f"Unknown {noun} '{name}'.{did_you_mean(name, self.names(group))} "
+                f"Run `toolkit list` to see every installed plugin."
+            )
+        entry = matches[0]
+        obj = entry.load()
+        if entry.status != "ok":
+            raise ToolkitError(f"The {noun} '{name}' from {entry.distribution} is {entry.status}: {entry.reason}.")
+        return obj
+
+    def agent(self, name: str) -> AgentSpec:
+        """The spec of agent ``name``."""
+        return self.get(AGENTS, name)
+
+    def agents(self) -> list[AgentSpec]:
+        """Every agent that loads cleanly."""
+        return [e.load() for e in self.entries(AGENTS) if e.load() is not None and e.status == "ok"]
+
+
+#: The process-wide registry used by the CLI.
+registry = Registry()
