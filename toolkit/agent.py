@@ -10,6 +10,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from typing import Any, NamedTuple
 
+import numpy as np
 import torch
 
 
@@ -72,3 +73,13 @@ class Agent(ABC):
             else:
                 with torch.no_grad():
                     obj.copy_(state[name])
+
+
+def observation_tensor(obs: Any, device: torch.device | str) -> torch.Tensor:
+    """A batch of one observation as the agent sees it: float32 (uint8 pixels stay uint8).
+
+    Environments such as MuJoCo's return float64; agents and buffers work in float32.
+    """
+    array = np.asarray(obs)
+    dtype = torch.uint8 if array.dtype == np.uint8 else torch.float32
+    return torch.as_tensor(array[None], dtype=dtype, device=device)

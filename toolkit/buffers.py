@@ -108,17 +108,18 @@ class ReplayBuffer:
         """The filled part of the buffer plus its write position and sampling generator."""
         return {
             **{k: t[: self.size].clone() for k, t in self._tensors().items()},
+            "capacity": self.capacity,
             "pos": self.pos,
             "size": self.size,
             "generator": self.generator.get_state(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore a buffer saved by :meth:`state_dict` (capacity may differ only upwards)."""
+        """Restore a buffer saved by :meth:`state_dict` into a buffer of the same capacity."""
         size = int(state["size"])
-        if size > self.capacity:
-            raise ValueError(f"checkpoint holds {size} transitions, more than the capacity {self.capacity}")
+        if int(state["capacity"]) != self.capacity:
+            raise ValueError(f"the checkpoint's buffer holds {state['capacity']} transitions, this one {self.capacity}")
         for key, tensor in self._tensors().items():
             tensor[:size] = state[key].to(tensor.device)
-        self.size, self.pos = size, int(state["pos"]) % self.capacity
+        self.size, self.pos = size, int(state["pos"])
         self.generator.set_state(state["generator"])

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from toolkit.agent import observation_tensor
 from toolkit.envs import make_env
 from toolkit.errors import ToolkitError
 
@@ -65,8 +66,7 @@ def evaluate(
         while not done:
             if record:
                 frames.append(_render(env, env_id))
-            obs_t = torch.as_tensor(np.asarray(obs)[None], device=device)
-            action = agent.act(obs_t, deterministic=True)[0].cpu().numpy()
+            action = agent.act(observation_tensor(obs, device), deterministic=True)[0].cpu().numpy()
             obs, reward, terminated, truncated, _ = env.step(action)
             total += float(reward)
             length += 1

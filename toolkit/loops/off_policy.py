@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from toolkit.agent import Agent
+from toolkit.agent import Agent, observation_tensor
 from toolkit.buffers import ReplayBuffer
 from toolkit.configs import OffPolicyConfig
 from toolkit.evaluation import evaluate
@@ -58,7 +58,7 @@ class OffPolicyLoop:
         obs_space = self.env.env.observation_space
         self.discrete = not hasattr(space, "low")
         self.buffer = ReplayBuffer(
-            min(config.buffer_size, max(settings.steps, 1)),
+            config.buffer_size,
             obs_space.shape,
             () if self.discrete else space.shape,
             device=device,
@@ -118,8 +118,7 @@ class OffPolicyLoop:
         return self.rng.uniform(space.low, space.high).astype(space.dtype)
 
     def _policy_action(self, obs: np.ndarray) -> np.ndarray:
-        obs_t = torch.as_tensor(np.asarray(obs)[None], device=self.device)
-        return self.agent.act(obs_t)[0].cpu().numpy()
+        return self.agent.act(observation_tensor(obs, self.device))[0].cpu().numpy()
 
     def _accumulate(self, metrics: dict[str, torch.Tensor]) -> None:
         for key, value in metrics.items():
