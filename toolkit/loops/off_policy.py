@@ -86,6 +86,8 @@ class OffPolicyLoop:
             "counters": {"step": self.step, "updates": self.updates, "episodes": self.episodes,
                          "last_return": self.last_return},
             "env": self.env.state_dict(),
+            # Metrics accumulated since the last log line, so a resumed run logs the same averages.
+            "pending_metrics": {"sums": dict(self._metric_sums), "count": self._metric_count},
             "rng": {
                 "numpy": self.rng.bit_generator.state,
                 "torch": torch.get_rng_state(),
@@ -100,6 +102,8 @@ class OffPolicyLoop:
         c = state["counters"]
         self.step, self.updates, self.episodes, self.last_return = c["step"], c["updates"], c["episodes"], c["last_return"]
         self.env.load_state_dict(state["env"])
+        self._metric_sums = dict(state["pending_metrics"]["sums"])
+        self._metric_count = int(state["pending_metrics"]["count"])
         self.rng.bit_generator.state = state["rng"]["numpy"]
         torch.set_rng_state(state["rng"]["torch"].cpu())
         python_state = state["rng"]["python"]
