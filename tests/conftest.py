@@ -1,0 +1,26 @@
+"""Shared fixtures. Rendering is headless and tests never touch the network."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("MUJOCO_GL", "egl")
+os.environ.setdefault("PYOPENGL_PLATFORM", "egl")
+os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
+os.environ.setdefault("SDL_AUDIODRIVER", "dummy")
+
+import pytest  # noqa: E402
+from typer.testing import CliRunner  # noqa: E402
+
+
+@pytest.fixture
+def cli():
+    """Invoke the `toolkit` CLI in-process; returns Click's Result."""
+    from toolkit.cli import app
+
+    runner = CliRunner()
+
+    def invoke(*args: str):
+        return runner.invoke(app, [str(a) for a in args])
+
+    return invoke
