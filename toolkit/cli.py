@@ -135,8 +135,10 @@ def describe(agent: Annotated[str, typer.Argument(help="Agent name, as listed by
         _fail(exc)
     console.print(f"[bold]{spec.name}[/] ({spec.kind}; actions: {', '.join(spec.action_spaces)}): {spec.description}")
     table = Table()
-    for column in ("key", "type", "default", "help"):
-        table.add_column(column)
+    table.add_column("key", no_wrap=True)  # keys are what users type: never cut them
+    table.add_column("type")
+    table.add_column("default")
+    table.add_column("help", ratio=1)
     for info in describe_config(spec.config):
         table.add_row(info.key, info.type_name, repr(info.default), info.help)
     console.print(table)
