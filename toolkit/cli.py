@@ -11,6 +11,7 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from toolkit.errors import ToolkitError
@@ -27,7 +28,7 @@ err_console = Console(stderr=True)
 
 
 def _fail(exc: ToolkitError) -> None:
-    err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+    err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
     raise typer.Exit(exc.exit_code)
 
 
@@ -116,8 +117,9 @@ def list_() -> None:
         table.add_column(column)
     entries = registry.all_entries()
     for entry in entries:
-        status = entry.status if entry.status == "ok" else f"[red]{entry.status}[/]: {entry.reason}"
-        table.add_row(entry.name, entry.group, entry.kind, entry.distribution, entry.version, status)
+        # Names and reasons come from third-party packages: print them verbatim, never as markup.
+        status = entry.status if entry.status == "ok" else f"[red]{entry.status}[/]: {escape(entry.reason)}"
+        table.add_row(escape(entry.name), entry.group, entry.kind, escape(entry.distribution), escape(entry.version), status)
     console.print(table)
     if not entries:
         console.print("No plugins found; is the toolkit installed (pip install -e .)?")

@@ -61,7 +61,8 @@ class AgentSpec:
     description: str = ""
     #: Training budget used when ``--steps`` is not given.
     default_steps: int = 1_000_000
-    api_version: int = PLUGIN_API_VERSION
+    #: The plugin API version the plugin was written for; every plugin must declare it.
+    api_version: int | None = None
 
     def build(self, *args: Any, **kwargs: Any) -> Any:
         """Import the factory and build the agent."""
@@ -77,7 +78,8 @@ class ModelSpec:
     config: type
     factory: str | Callable[..., Any]
     description: str = ""
-    api_version: int = PLUGIN_API_VERSION
+    #: The plugin API version the plugin was written for; every plugin must declare it.
+    api_version: int | None = None
 
 
 Status = Literal["ok", "broken", "incompatible", "conflict"]
@@ -111,20 +113,23 @@ class PluginEntry:
         self.loaded = True
         try:
             self.obj = load_object(self.value)
-        except Exception as exc:  # a broken plugin must never break the others
+        except (Exception, SystemExit) as exc:  # a broken plugin must never break the others
             self.status, self.reason = "broken", f"{type(exc).__name__}: {exc}"
             return None
-        version = getattr(self.obj, "api_version", PLUGIN_API_VERSION)
-        if self.group != ENVS and version != PLUGIN_API_VERSION:
+        version = getattr(self.obj, "api_version", None)
+        if self.group == AGENTS and not isinstance(self.obj, AgentSpec):
+            self.status, self.reason = "broken", f"{self.value} is not an AgentSpec"
+        elif self.group == MODELS and not isinstance(self.obj, ModelSpec):
+            self.status, self.reason = "broken", f"{self.value} is not a ModelSpec"
+        elif self.group != ENVS and version is None:
+            self.status = "incompatible"
+            self.reason = f"{self.value} declares no api_version; set api_version={PLUGIN_API_VERSION} in its spec"
+        elif self.group != ENVS and version != PLUGIN_API_VERSION:
             self.status = "incompatible"
             self.reason = (
                 f"built for plugin API {version}, this toolkit speaks version {PLUGIN_API_VERSION}; "
                 f"install a release of {self.distribution} made for it"
             )
-        elif self.group == AGENTS and not isinstance(self.obj, AgentSpec):
-            self.status, self.reason = "broken", f"{self.value} is not an AgentSpec"
-        elif self.group == MODELS and not isinstance(self.obj, ModelSpec):
-            self.status, self.reason = "broken", f"{self.value} is not a ModelSpec"
         return self.obj
 
 
@@ -192,7 +197,8 @@ class Registry:
         entry = matches[0]
         obj = entry.load()
         if entry.status != "ok":
-            raise ToolkitError(f"The {noun} '{name}' from {entry.distribution} is {entry.status}: {entry.reason}.")
+            state = {"conflict": "ambiguous", "broken": "broken", "incompatible": "incompatible"}[entry.status]
+            raise ToolkitError(f"The {noun} '{name}' from {entry.distribution} is {state}: {entry.reason}.")
         return obj
 
     def agent(self, name: str) -> AgentSpec:

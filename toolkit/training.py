@@ -94,6 +94,7 @@ def start_training(
     if steps is not None and steps <= 0:
         raise ToolkitError(f"--steps must be a positive number of environment steps, got {steps}.")
     spec = registry.agent(agent)
+    _check_trainable(spec)
     config = build_config(spec, config_file, set_items)
     check_env_id(env)
     settings = RunSettings(
@@ -138,10 +139,13 @@ def resume_training(run_dir: Path, steps: int | None = None, progress: bool = Tr
     return run_dir, loop.run(target)
 
 
+def _check_trainable(spec: AgentSpec) -> None:
+    if spec.kind != "off-policy":
+        raise ToolkitError(f"Agent '{spec.name}' is {spec.kind}; this toolkit version trains off-policy agents only.")
+
+
 def _loop(session: Session, run_dir: Path, progress: bool) -> Any:
-    kind = session.spec.kind
-    if kind != "off-policy":
-        raise ToolkitError(f"Agent '{session.spec.name}' is {kind}; this toolkit version trains off-policy agents only.")
+    _check_trainable(session.spec)
     from toolkit.loops.off_policy import OffPolicyLoop
 
     return OffPolicyLoop(

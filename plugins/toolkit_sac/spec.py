@@ -56,6 +56,7 @@ SAC = AgentSpec(
     kind="off-policy",
     action_spaces=("box",),
     description="Soft Actor-Critic (Haarnoja et al. 2018): twin critics, tanh-Gaussian policy, auto-tuned entropy.",
+    api_version=1,
 )
 
 SAC_ICM = AgentSpec(
@@ -65,4 +66,5 @@ SAC_ICM = AgentSpec(
     kind="off-policy",
     action_spaces=("box",),
     description="SAC with the Intrinsic Curiosity Module (Pathak et al. 2017) as an exploration bonus.",
+    api_version=1,
 )
