@@ -33,6 +33,26 @@ class Batch(NamedTuple):
     obs_history: torch.Tensor | None = None
 
 
+class Rollout(NamedTuple):
+    """``T`` consecutive steps from each of ``N`` environments, time-major, on the learner's device.
+
+    ``obs``/``next_obs`` are ``[T, N, *obs_shape]``, ``actions`` ``[T, N, *action_shape]``
+    (as the policy produced them, before the env's bounds were applied), and ``rewards``,
+    ``terminated``, ``truncated`` and ``mask`` are ``[T, N]`` floats. ``next_obs`` is the true
+    successor, also where an episode ended, so a truncated episode can be bootstrapped.
+    ``mask`` is 0 for padding: with ``complete_episodes`` an environment whose episode ended
+    waits while the others finish theirs.
+    """
+
+    obs: torch.Tensor
+    actions: torch.Tensor
+    rewards: torch.Tensor
+    terminated: torch.Tensor
+    truncated: torch.Tensor
+    next_obs: torch.Tensor
+    mask: torch.Tensor
+
+
 class Agent(ABC):
     """Base class of every agent.
 
@@ -51,9 +71,10 @@ class Agent(ABC):
         """Actions for a batch of observations, in the environment's action space."""
 
     @abstractmethod
-    def update(self, batch: Batch) -> dict[str, torch.Tensor]:
-        """One gradient step. Returns scalar metrics as tensors: the framework decides when to
-        read them, so the update never waits on the device."""
+    def update(self, batch: Batch | Rollout) -> dict[str, torch.Tensor]:
+        """Learn from a replay :class:`Batch` (off-policy) or a :class:`Rollout` (on-policy).
+        Returns scalar metrics as tensors: the framework decides when to read them, so the
+        update never waits on the device."""
 
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to continue exactly, as tensors and plain Python values."""

@@ -32,6 +32,22 @@ class OffPolicyConfig:
 
 
 @dataclass(frozen=True)
+class OnPolicyConfig:
+    """Settings every on-policy agent shares; the framework's loop reads them."""
+
+    num_envs: int = option(8, "Environments stepped side by side (a vectorised batch).")
+    rollout_steps: int = option(128, "Steps per environment in each rollout handed to the agent.")
+    complete_episodes: bool = option(
+        False, "Extend each rollout until every environment's episode has ended (whole-episode returns)."
+    )
+
+    def validate(self) -> None:
+        """Raise ValueError for settings that cannot work."""
+        if self.num_envs <= 0 or self.rollout_steps <= 0:
+            raise ValueError("num_envs and rollout_steps must be positive")
+
+
+@dataclass(frozen=True)
 class CuriosityConfig:
     """Settings of the Intrinsic Curiosity Module."""
 

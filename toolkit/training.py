@@ -140,15 +140,17 @@ def resume_training(run_dir: Path, steps: int | None = None, progress: bool = Tr
 
 
 def _check_trainable(spec: AgentSpec) -> None:
-    if spec.kind != "off-policy":
-        raise ToolkitError(f"Agent '{spec.name}' is {spec.kind}; this toolkit version trains off-policy agents only.")
+    if spec.kind not in ("off-policy", "on-policy"):
+        raise ToolkitError(f"Agent '{spec.name}' is {spec.kind}; this toolkit version trains off- and on-policy agents only.")
 
 
 def _loop(session: Session, run_dir: Path, progress: bool) -> Any:
     _check_trainable(session.spec)
-    from toolkit.loops.off_policy import OffPolicyLoop
-
-    return OffPolicyLoop(
+    if session.spec.kind == "on-policy":
+        from toolkit.loops.on_policy import OnPolicyLoop as Loop
+    else:
+        from toolkit.loops.off_policy import OffPolicyLoop as Loop  # type: ignore[assignment]
+    return Loop(
         session.agent, session.config, session.settings, lambda: make_env(session.settings.env),
         run_dir, session.device, progress=progress,
     )
