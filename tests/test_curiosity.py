@@ -117,3 +117,33 @@ def test_wrapper_relabels_rewards_and_reports_both_rewards() -> None:
     assert torch.allclose(metrics["intrinsic_reward"], expected_bonus.mean())
     assert "inner_loss" in metrics and "icm_forward_loss" in metrics
     assert set(agent.state_dict()) == {"agent", "icm", "icm_optimizer"}
+
+
+def test_rollouts_get_the_bonus_in_their_own_layout() -> None:
+    """On-policy agents hand over [T, N] rollouts; padding steps earn no bonus and train nothing."""
+    from toolkit.agent import Rollout
+    from toolkit.curiosity import rollout_transitions
+
+    torch.manual_seed(0)
+    t, n = 6, 2
+    obs = torch.arange(t * n * 5, dtype=torch.float32).reshape(t, n, 5)
+    terminated = torch.zeros(t, n)
+    terminated[2, 0] = 1.0  # env 0's episode ends at step 2; step 3 starts a new one
+    mask = torch.ones(t, n)
+    mask[5, 1] = 0.0
+    rollout = Rollout(obs, torch.rand(t, n, 3) * 4 - 2, torch.randn(t, n), terminated, torch.zeros(t, n), obs + 1, mask)
+
+    flat, valid = rollout_transitions(rollout, history=3)
+    assert flat.obs.shape == (t * n - 1, 5) and int(valid.sum()) == t * n - 1
+    hist = rollout_transitions(rollout, history=3)[0].obs_history
+    # env 0 at step 4: history is steps 3, 3, 4 (the episode began at step 3)
+    row = 4 * n + 0
+    assert torch.equal(hist[row, :, 0], obs[[3, 3, 4], 0, 0])
+    assert torch.equal(hist[1 * n + 1, :, 0], obs[[0, 0, 1], 1, 0])  # clamped at the rollout's start
+
+    inner = _Recorder()
+    agent = CuriousAgent(inner, OBS, BOX, CuriosityConfig(intrinsic_weight=1.0, frame_stack=3))
+    agent.update(rollout)
+    bonus = inner.seen.rewards - rollout.rewards
+    assert inner.seen.rewards.shape == (t, n)
+    assert bonus[5, 1] == 0 and (bonus.reshape(-1)[valid] > 0).all()

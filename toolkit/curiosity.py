@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from toolkit.agent import Agent, Batch
+from toolkit.agent import Agent, Batch, Rollout
 from toolkit.configs import CuriosityConfig
 from toolkit.networks import mlp
 
@@ -162,21 +162,64 @@ class CuriousAgent(Agent):
         """The wrapped agent's action."""
         return self.agent.act(obs, deterministic)
 
-    def update(self, batch: Batch) -> dict[str, torch.Tensor]:
+    def update(self, batch: Batch | Rollout) -> dict[str, torch.Tensor]:
         """Train the ICM, then the wrapped agent on curiosity-relabelled rewards."""
-        intrinsic, losses = self.icm(batch)
+        if isinstance(batch, Rollout):
+            transitions, valid = rollout_transitions(batch, self.config.frame_stack)
+        else:
+            transitions, valid = batch, None
+        intrinsic, losses = self.icm(transitions)
         self.optimizer.zero_grad(set_to_none=True)
         losses["loss"].backward()
         self.optimizer.step()
 
-        relabelled = batch._replace(rewards=batch.rewards + self.config.intrinsic_weight * intrinsic)
+        if valid is None:
+            relabelled = batch._replace(rewards=batch.rewards + self.config.intrinsic_weight * intrinsic)
+        else:  # scatter the bonus back into the rollout's [T, N] layout; padding earns nothing
+            bonus = torch.zeros_like(batch.rewards).reshape(-1)
+            bonus[valid] = intrinsic.reshape(-1)
+            relabelled = batch._replace(rewards=batch.rewards + self.config.intrinsic_weight * bonus.reshape(batch.rewards.shape))
         metrics = self.agent.update(relabelled)
         metrics.update(
             icm_loss=losses["loss"].detach(),
             icm_forward_loss=losses["forward_loss"],
             icm_inverse_loss=losses["inverse_loss"],
-            extrinsic_reward=batch.rewards.mean(),
+            extrinsic_reward=transitions.rewards.mean(),
             intrinsic_reward=intrinsic.mean(),
         )
         return metrics
 
+
+
+def rollout_transitions(rollout: Rollout, history: int = 1) -> tuple[Batch, torch.Tensor]:
+    """The real (unpadded) steps of a rollout as a flat :class:`Batch`, and their flat indices.
+
+    With ``history > 1`` each step also gets the last ``history`` observations of its
+    environment, stopping at an episode's first step (or the rollout's, the earliest known).
+    """
+    steps, envs = rollout.rewards.shape
+    valid = rollout.mask.reshape(-1) > 0
+    obs_history = None
+    if history > 1:
+        ended = (rollout.terminated + rollout.truncated) > 0
+        start = torch.zeros(steps, envs, dtype=torch.long, device=rollout.rewards.device)
+        for t in range(1, steps):  # first step of the episode each step belongs to
+            start[t] = torch.where(ended[t - 1], torch.full_like(start[t], t), start[t - 1])
+        t_index = torch.arange(steps, device=start.device).view(steps, 1, 1)
+        back = torch.arange(history - 1, -1, -1, device=start.device).view(1, 1, history)
+        rows = torch.maximum(t_index - back, start.unsqueeze(-1))  # [T, N, k]
+        cols = torch.arange(envs, device=start.device).view(1, envs, 1).expand_as(rows)
+        obs_history = rollout.obs[rows, cols].reshape(steps * envs, history, *rollout.obs.shape[2:])[valid]
+
+    def flat(x: torch.Tensor) -> torch.Tensor:
+        return x.reshape(steps * envs, *x.shape[2:])[valid]
+
+    batch = Batch(
+        obs=flat(rollout.obs),
+        actions=flat(rollout.actions),
+        rewards=flat(rollout.rewards).unsqueeze(-1),
+        next_obs=flat(rollout.next_obs),
+        dones=flat(rollout.terminated).unsqueeze(-1),
+        obs_history=obs_history,
+    )
+    return batch, valid
