@@ -1,0 +1,255 @@
+"""The policy and value networks shared by REINFORCE, A2C and PPO, and the agent scaffolding
+around them (acting, one optimiser step, observation statistics).
+
+Two policy heads, with their log-probabilities and entropies written out:
+
+* ``Discrete(n)`` actions: a categorical distribution over ``softmax(logits(s))``,
+  ``log pi(a|s) = logits_a - logsumexp(logits)``, ``H = -sum_a pi(a|s) log pi(a|s)``;
+* ``Box`` actions: a diagonal Gaussian ``N(mu(s), diag(sigma^2))`` whose log standard
+  deviation is a learned vector that does not depend on the state (as in PPO's paper and
+  stable-baselines3), ``log pi(a|s) = sum_i [-(a_i - mu_i)^2 / (2 sigma_i^2) - log sigma_i - log(2 pi)/2]``,
+  ``H = sum_i [log sigma_i + (1 + log(2 pi))/2]``.
+
+Actor and critic are two MLPs, or one torso with two heads (``shared_network``). Weights are
+initialised orthogonally as in the PPO and A2C reference implementations (OpenAI baselines,
+stable-baselines3): gain sqrt(2) in hidden layers, 0.01 for the policy's output (so the first
+policy is close to uniform or zero-mean) and 1 for the value's.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import gymnasium as gym
+import torch
+from torch import nn
+
+from toolkit.agent import Agent, Rollout
+from toolkit.errors import ToolkitError
+from toolkit_pg.spec import PolicyGradientConfig
+
+HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
+
+
+# --- the two action distributions -------------------------------------------------------------
+
+def categorical_log_prob(logits: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+    """``log pi(a|s)`` of integer ``actions`` ``[...]`` under ``softmax(logits)`` ``[..., n]``."""
+    log_probs = logits - logits.logsumexp(-1, keepdim=True)
+    return log_probs.gather(-1, actions.long().unsqueeze(-1)).squeeze(-1)
+
+
+def categorical_entropy(logits: torch.Tensor) -> torch.Tensor:
+    """``H = -sum_a pi(a|s) log pi(a|s)``, shape ``[...]``."""
+    log_probs = logits - logits.logsumexp(-1, keepdim=True)
+    return -(log_probs.exp() * log_probs).sum(-1)
+
+
+def gaussian_log_prob(mean: torch.Tensor, log_std: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+    """``log N(a; mu, diag(sigma^2))`` summed over action dimensions, shape ``[...]``."""
+    z = (actions - mean) * torch.exp(-log_std)
+    return (-0.5 * z.pow(2) - log_std - HALF_LOG_2PI).sum(-1)
+
+
+def gaussian_entropy(log_std: torch.Tensor, batch_shape: torch.Size) -> torch.Tensor:
+    """Entropy of the diagonal Gaussian; it does not depend on the state, so it is broadcast."""
+    return (log_std + 0.5 + HALF_LOG_2PI).sum(-1).expand(batch_shape)
+
+
+# --- networks ---------------------------------------------------------------------------------
+
+ACTIVATIONS: dict[str, type[nn.Module]] = {"tanh": nn.Tanh, "relu": nn.ReLU}
+
+
+def _linear(in_dim: int, out_dim: int, gain: float) -> nn.Linear:
+    layer = nn.Linear(in_dim, out_dim)
+    nn.init.orthogonal_(layer.weight, gain)
+    nn.init.zeros_(layer.bias)
+    return layer
+
+
+def _torso(in_dim: int, hidden: tuple[int, ...], activation: type[nn.Module]) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for width in hidden:
+        layers += [_linear(in_dim, width, math.sqrt(2.0)), activation()]
+        in_dim = width
+    return nn.Sequential(*layers)
+
+
+class RunningNormalizer(nn.Module):
+    """Standardises observations with their running mean and variance over everything seen.
+
+    The statistics are buffers, so they travel with the module's state dict (checkpoints). They
+    change only through :meth:`update`, never while acting, so evaluating a policy leaves them alone.
+    """
+
+    def __init__(self, shape: tuple[int, ...], clip: float = 10.0, eps: float = 1e-8) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(shape))
+        self.register_buffer("var", torch.ones(shape))
+        self.register_buffer("count", torch.tensor(eps))
+        self.clip, self.eps = clip, eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return ((x - self.mean) / torch.sqrt(self.var + self.eps)).clamp(-self.clip, self.clip)
+
+    @torch.no_grad()
+    def update(self, x: torch.Tensor, weight: torch.Tensor) -> None:
+        """Merge a weighted batch ``x [..., *shape]`` (weights ``[...]``: 0 for padding) into the
+        statistics, by Chan et al.'s parallel variance formula; no host synchronisation."""
+        w = weight.reshape(*weight.shape, *[1] * (x.dim() - weight.dim()))
+        n = weight.sum()
+        dims = tuple(range(weight.dim()))
+        batch_mean = (w * x).sum(dims) / n.clamp(min=1.0)
+        batch_var = (w * (x - batch_mean).pow(2)).sum(dims) / n.clamp(min=1.0)
+        total = self.count + n
+        delta = batch_mean - self.mean
+        self.mean += delta * n / total
+        self.var.copy_((self.var * self.count + batch_var * n + delta.pow(2) * self.count * n / total) / total)
+        self.count.copy_(total)
+
+
+class ActorCritic(nn.Module):
+    """A stochastic policy ``pi(a|s)`` (categorical or diagonal Gaussian) and a value ``V(s)``."""
+
+    def __init__(
+        self,
+        observation_space: gym.Space,
+        action_space: gym.Space,
+        config: PolicyGradientConfig,
+    ) -> None:
+        super().__init__()
+        if not isinstance(observation_space, gym.spaces.Box):
+            raise ToolkitError(f"Policy-gradient agents need Box (vector) observations, not {observation_space}.")
+        self.obs_shape = tuple(observation_space.shape)
+        obs_dim = int(math.prod(self.obs_shape))
+        self.discrete = isinstance(action_space, gym.spaces.Discrete)
+        if self.discrete:
+            out_dim = int(action_space.n)
+        elif isinstance(action_space, gym.spaces.Box) and len(action_space.shape) == 1:
+            out_dim = int(action_space.shape[0])
+            if not (math.isfinite(float(action_space.low.min())) and math.isfinite(float(action_space.high.max()))):
+                raise ToolkitError(f"Gaussian policies need finite action bounds, but the action space is {action_space}.")
+            self.register_buffer("action_low", torch.as_tensor(action_space.low, dtype=torch.float32))
+            self.register_buffer("action_high", torch.as_tensor(action_space.high, dtype=torch.float32))
+            self.log_std = nn.Parameter(torch.full((out_dim,), float(config.init_log_std)))
+        else:
+            raise ToolkitError(f"Policy-gradient agents need Discrete or one-dimensional Box actions, not {action_space}.")
+
+        hidden, act = tuple(config.hidden_sizes), ACTIVATIONS[config.activation]
+        self.obs_norm = RunningNormalizer((obs_dim,)) if config.normalize_obs else None
+        self.shared = config.shared_network
+        self.actor_torso = _torso(obs_dim, hidden, act)
+        self.critic_torso = self.actor_torso if self.shared else _torso(obs_dim, hidden, act)
+        self.policy_head = _linear(hidden[-1], out_dim, 0.01)
+        self.value_head = _linear(hidden[-1], 1, 1.0)
+
+    def _features(self, obs: torch.Tensor) -> torch.Tensor:
+        x = obs.float().flatten(obs.dim() - len(self.obs_shape))
+        return self.obs_norm(x) if self.obs_norm is not None else x
+
+    def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Distribution parameters (logits, or the Gaussian's mean) and ``V(s)``, in one pass."""
+        x = self._features(obs)
+        actor = self.actor_torso(x)
+        critic = actor if self.shared else self.critic_torso(x)
+        return self.policy_head(actor), self.value_head(critic).squeeze(-1)
+
+    def value(self, obs: torch.Tensor) -> torch.Tensor:
+        """``V(s)``, shape ``obs.shape[:-len(obs_shape)]``."""
+        return self.value_head(self.critic_torso(self._features(obs))).squeeze(-1)
+
+    def distribution(self, obs: torch.Tensor) -> torch.Tensor:
+        """The policy's logits or mean without evaluating the critic (used for acting)."""
+        return self.policy_head(self.actor_torso(self._features(obs)))
+
+    def evaluate(self, obs: torch.Tensor, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``log pi(a|s)``, the policy's entropy at ``s`` and ``V(s)``, all shaped like the batch."""
+        params, value = self(obs)
+        if self.discrete:
+            return categorical_log_prob(params, actions), categorical_entropy(params), value
+        return gaussian_log_prob(params, self.log_std, actions), gaussian_entropy(self.log_std, value.shape), value
+
+    def sample(self, obs: torch.Tensor) -> torch.Tensor:
+        """``a ~ pi(.|s)`` from torch's global generator. Gaussian samples are not clipped: the
+        loop clips them for the environment and keeps them as drawn, so log-probs stay exact."""
+        params = self.distribution(obs)
+        if self.discrete:
+            return torch.multinomial(params.softmax(-1), 1).squeeze(-1)
+        return params + torch.randn_like(params) * self.log_std.exp()
+
+    def mode(self, obs: torch.Tensor) -> torch.Tensor:
+        """The most likely action (evaluation), inside the action space's bounds."""
+        params = self.distribution(obs)
+        if self.discrete:
+            return params.argmax(-1)
+        return torch.maximum(torch.minimum(params, self.action_high), self.action_low)
+
+
+# --- the agent scaffolding the three algorithms share -----------------------------------------
+
+def _fast_adam_options(device: torch.device | str) -> dict[str, bool]:
+    """Fused Adam where this torch supports it on the device, else the multi-tensor one."""
+    kind = torch.device(device).type
+    if kind in {"cuda", "cpu"} and tuple(int(x) for x in torch.__version__.split(".")[:2]) >= (2, 4):
+        return {"fused": True}
+    return {"foreach": True}
+
+
+class PolicyGradientAgent(Agent):
+    """What REINFORCE, A2C and PPO share: an :class:`ActorCritic`, its optimiser and lr schedule.
+
+    Subclasses implement :meth:`update` from a :class:`~toolkit.agent.Rollout`; since the
+    parameters did not change while the rollout was collected, they recompute log-probabilities
+    and values from it instead of being handed them.
+    """
+
+    def __init__(
+        self,
+        config: PolicyGradientConfig,
+        observation_space: gym.Space,
+        action_space: gym.Space,
+        device: torch.device | str = "cpu",
+        optimizer: str = "adam",
+    ) -> None:
+        super().__init__()
+        self.config = config
+        self.policy = ActorCritic(observation_space, action_space, config).to(device)
+        params = list(self.policy.parameters())
+        if optimizer == "rmsprop":  # A3C's and stable-baselines3's A2C settings
+            self.optimizer: torch.optim.Optimizer = torch.optim.RMSprop(params, lr=config.lr, alpha=0.99, eps=1e-5)
+        else:  # eps 1e-5 as in the PPO reference implementations
+            self.optimizer = torch.optim.Adam(params, lr=config.lr, eps=1e-5, **_fast_adam_options(device))
+        # Linear decay in env steps, counted as the nominal num_envs * rollout_steps per update.
+        per_update = config.num_envs * config.rollout_steps
+        decay = config.lr_decay_steps if config.lr_schedule == "linear" else None
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda u: 1.0 if decay is None else max(0.0, 1.0 - u * per_update / decay)
+        )
+        self._params = params
+        self.checkpointed: dict[str, Any] = {"policy": self.policy, "optimizer": self.optimizer, "lr_schedule": self.scheduler}
+
+    @torch.no_grad()
+    def act(self, obs: torch.Tensor, deterministic: bool = False) -> torch.Tensor:
+        """Sample from the policy, or take its most likely action when ``deterministic``."""
+        return self.policy.mode(obs) if deterministic else self.policy.sample(obs)
+
+    def gradient_step(self, loss: torch.Tensor) -> torch.Tensor:
+        """One optimiser step on ``loss``, the gradient's global norm clipped; returns the norm."""
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.config.max_grad_norm is not None:
+            norm = nn.utils.clip_grad_norm_(self._params, self.config.max_grad_norm, foreach=True)
+        else:
+            norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in self._params if p.grad is not None]))
+        self.optimizer.step()
+        return norm
+
+    def end_update(self, rollout: Rollout) -> None:
+        """After learning from a rollout: advance the lr schedule and fold the rollout's
+        observations into the normaliser. Done last, so that every log-probability of this update
+        was computed with the statistics the rollout was collected with."""
+        self.scheduler.step()
+        if self.policy.obs_norm is not None:
+            self.policy.obs_norm.update(rollout.obs.float().flatten(2), rollout.mask)

@@ -1,0 +1,186 @@
+"""Entry-point targets of the policy-gradient plugins.
+
+This module is imported by ``toolkit list``: it must stay light (config dataclasses and
+specs only, no torch); the algorithms in :mod:`toolkit_pg.reinforce`, :mod:`toolkit_pg.a2c`
+and :mod:`toolkit_pg.ppo` are imported when an agent is built.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+from toolkit.config import nested, option
+from toolkit.configs import CuriosityConfig, OnPolicyConfig
+from toolkit.registry import AgentSpec
+
+
+@dataclass(frozen=True)
+class PolicyGradientConfig(OnPolicyConfig):
+    """Settings every policy-gradient agent shares: networks, optimiser, discount, loss weights."""
+
+    lr: float = option(3e-4, "Learning rate of the optimiser.")
+    lr_schedule: Literal["constant", "linear"] = option(
+        "constant", "Keep lr constant, or decay it linearly to 0 over lr_decay_steps env steps."
+    )
+    lr_decay_steps: int = option(1_000_000, "Env steps over which a linear lr_schedule reaches 0.")
+    gamma: float = option(0.99, "Discount factor.")
+    hidden_sizes: tuple[int, ...] = option((64, 64), "Hidden layer widths of the policy and value networks.")
+    activation: Literal["tanh", "relu"] = option("tanh", "Activation between hidden layers.")
+    shared_network: bool = option(False, "One torso with a policy head and a value head, instead of two networks.")
+    ent_coef: float = option(0.0, "Weight of the entropy bonus in the loss.")
+    vf_coef: float = option(0.5, "Weight of the value (baseline) loss in the loss.")
+    max_grad_norm: float | None = option(0.5, "Clip the gradient's global norm to this (None: no clipping).")
+    normalize_advantage: bool = option(False, "Standardise advantages (zero mean, unit std) before the policy loss.")
+    normalize_obs: bool = option(False, "Standardise observations with running statistics (kept in checkpoints).")
+    init_log_std: float = option(0.0, "Box actions: initial log standard deviation of the Gaussian policy.")
+
+    def validate(self) -> None:
+        """Raise ValueError for settings that cannot work."""
+        super().validate()
+        if not 0.0 < self.gamma <= 1.0:
+            raise ValueError(f"gamma must lie in (0, 1], got {self.gamma}")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be positive, got {self.lr}")
+        if self.lr_decay_steps <= 0:
+            raise ValueError(f"lr_decay_steps must be positive, got {self.lr_decay_steps}")
+        if not self.hidden_sizes or any(h <= 0 for h in self.hidden_sizes):
+            raise ValueError(f"hidden_sizes must be positive widths, got {self.hidden_sizes}")
+        if self.max_grad_norm is not None and self.max_grad_norm <= 0:
+            raise ValueError(f"max_grad_norm must be positive or none, got {self.max_grad_norm}")
+
+
+@dataclass(frozen=True)
+class ReinforceConfig(PolicyGradientConfig):
+    """REINFORCE with a learned baseline: one gradient step per batch of whole episodes."""
+
+    num_envs: int = option(8, "Environments stepped side by side; each rollout holds their whole episodes.")
+    rollout_steps: int = option(
+        1, "Steps per environment before the rollout may end, each env then finishing its episode (1: one episode each)."
+    )
+    complete_episodes: bool = option(True, "Whole-episode returns: extend each rollout until every episode has ended.")
+    lr: float = option(1e-3, "Adam learning rate of policy and baseline.")
+    ent_coef: float = option(0.01, "Weight of the entropy bonus in the loss.")
+    vf_coef: float = option(0.5, "Weight of the baseline's squared error in the loss.")
+    normalize_advantage: bool = option(True, "Standardise G_t - b(s_t) within the batch (reduces the gradient's variance).")
+
+
+@dataclass(frozen=True)
+class A2CConfig(PolicyGradientConfig):
+    """Advantage actor-critic (synchronous A3C); defaults follow stable-baselines3's A2C."""
+
+    num_envs: int = option(8, "Environments stepped side by side (the synchronous workers).")
+    rollout_steps: int = option(5, "Steps per environment between updates (the n of n-step returns).")
+    lr: float = option(7e-4, "Learning rate (stable-baselines3: 7e-4).")
+    advantage: Literal["n-step", "gae"] = option(
+        "n-step", "Advantage estimate: n-step returns minus V(s), or GAE(lambda) with gae_lambda."
+    )
+    gae_lambda: float = option(0.95, "lambda of GAE when advantage=gae.")
+    optimizer: Literal["rmsprop", "adam"] = option("rmsprop", "Optimiser (the A3C paper and stable-baselines3 use RMSprop).")
+
+    def validate(self) -> None:
+        """Raise ValueError for settings that cannot work."""
+        super().validate()
+        if not 0.0 <= self.gae_lambda <= 1.0:
+            raise ValueError(f"gae_lambda must lie in [0, 1], got {self.gae_lambda}")
+
+
+@dataclass(frozen=True)
+class PPOConfig(PolicyGradientConfig):
+    """Proximal Policy Optimisation with the clipped surrogate; defaults follow the paper and stable-baselines3."""
+
+    num_envs: int = option(8, "Environments stepped side by side.")
+    rollout_steps: int = option(256, "Steps per environment in each rollout (num_envs * rollout_steps per update).")
+    minibatch_size: int = option(64, "Transitions per gradient step; must divide num_envs * rollout_steps.")
+    epochs: int = option(10, "Passes over each rollout.")
+    gae_lambda: float = option(0.95, "lambda of the GAE(lambda) advantage estimate.")
+    clip_range: float = option(0.2, "epsilon of the clipped surrogate: ratios are clipped to [1-eps, 1+eps].")
+    clip_range_vf: float | None = option(
+        None, "Clip the value prediction's change from its rollout value to this (None: no value clipping)."
+    )
+    normalize_advantage: bool = option(True, "Standardise advantages within each minibatch.")
+
+    def validate(self) -> None:
+        """Raise ValueError for settings that cannot work."""
+        super().validate()
+        if not 0.0 <= self.gae_lambda <= 1.0:
+            raise ValueError(f"gae_lambda must lie in [0, 1], got {self.gae_lambda}")
+        if self.clip_range <= 0 or (self.clip_range_vf is not None and self.clip_range_vf <= 0):
+            raise ValueError("clip_range and clip_range_vf must be positive")
+        if self.epochs <= 0 or self.minibatch_size <= 0:
+            raise ValueError("epochs and minibatch_size must be positive")
+        rollout = self.num_envs * self.rollout_steps
+        if not self.complete_episodes and rollout % self.minibatch_size:
+            raise ValueError(minibatch_advice(self.num_envs, self.rollout_steps, self.minibatch_size))
+
+
+def minibatch_advice(num_envs: int, rollout_steps: int, minibatch_size: int) -> str:
+    """One sentence: why the rollout does not split into minibatches, and what would."""
+    rollout = num_envs * rollout_steps
+    divisors = [d for d in range(1, rollout) if rollout % d == 0]
+    nearest = sorted(sorted(divisors, key=lambda d: abs(d - minibatch_size))[:4])
+    sizes = ", ".join(f"{d} ({rollout // d} minibatches)" for d in nearest)
+    step = minibatch_size // math.gcd(minibatch_size, num_envs)  # rollout_steps must be a multiple of this
+    return (
+        f"a rollout of num_envs * rollout_steps = {num_envs} * {rollout_steps} = {rollout} transitions does not "
+        f"split into minibatches of minibatch_size={minibatch_size}; use a minibatch_size that divides {rollout}, "
+        f"such as {sizes}, or make rollout_steps a multiple of {step} (e.g. {-(-rollout_steps // step) * step})"
+    )
+
+
+@dataclass(frozen=True)
+class PPOICMConfig(PPOConfig):
+    """PPO with an Intrinsic Curiosity Module paying an exploration bonus."""
+
+    curiosity: CuriosityConfig = nested(CuriosityConfig, "Intrinsic Curiosity Module settings.")
+
+    def validate(self) -> None:
+        """Raise ValueError for settings that cannot work."""
+        super().validate()
+        self.curiosity.validate()
+
+
+REINFORCE = AgentSpec(
+    name="reinforce",
+    config=ReinforceConfig,
+    factory="toolkit_pg.reinforce:make_reinforce",
+    kind="on-policy",
+    action_spaces=("discrete", "box"),
+    description="REINFORCE (Williams 1992) with a learned baseline and an entropy bonus, on whole episodes.",
+    default_steps=500_000,
+    api_version=1,
+)
+
+A2C = AgentSpec(
+    name="a2c",
+    config=A2CConfig,
+    factory="toolkit_pg.a2c:make_a2c",
+    kind="on-policy",
+    action_spaces=("discrete", "box"),
+    description="Advantage actor-critic (Mnih et al. 2016, synchronous): n-step or GAE advantages, entropy bonus.",
+    default_steps=1_000_000,
+    api_version=1,
+)
+
+PPO = AgentSpec(
+    name="ppo",
+    config=PPOConfig,
+    factory="toolkit_pg.ppo:make_ppo",
+    kind="on-policy",
+    action_spaces=("discrete", "box"),
+    description="Proximal Policy Optimisation (Schulman et al. 2017): clipped surrogate, GAE, minibatch epochs.",
+    default_steps=1_000_000,
+    api_version=1,
+)
+
+PPO_ICM = AgentSpec(
+    name="ppo-icm",
+    config=PPOICMConfig,
+    factory="toolkit_pg.ppo:make_ppo_icm",
+    kind="on-policy",
+    action_spaces=("discrete", "box"),
+    description="PPO with the Intrinsic Curiosity Module (Pathak et al. 2017) as an exploration bonus.",
+    default_steps=1_000_000,
+    api_version=1,
+)
