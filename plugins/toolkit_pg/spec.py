@@ -125,7 +125,7 @@ def minibatch_advice(num_envs: int, rollout_steps: int, minibatch_size: int) -> 
     return (
         f"a rollout of num_envs * rollout_steps = {num_envs} * {rollout_steps} = {rollout} transitions does not "
         f"split into minibatches of minibatch_size={minibatch_size}; use a minibatch_size that divides {rollout}, "
-        f"such as {sizes}, or make rollout_steps a multiple of {step} (e.g. {-(-rollout_steps // step) * step})"
+        f"such as {sizes}, or make rollout_steps a multiple of {step} (the next one is {-(-rollout_steps // step) * step})."
     )
 
 
