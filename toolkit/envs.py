@@ -42,6 +42,7 @@ def check_env_id(env_id: str) -> None:
     import gymnasium as gym
 
     load_env_plugins()
+    _register_atari(env_id)
     if env_id in gym.registry:
         return
     known = list(gym.registry.keys())
@@ -53,8 +54,66 @@ def check_env_id(env_id: str) -> None:
     raise ToolkitError(f"Unknown environment '{env_id}'.{hint}")
 
 
+#: Atari preprocessing applied to ALE environments (Mnih et al. 2015; Machado et al. 2018).
+ATARI_FRAME_SKIP = 4
+ATARI_SCREEN_SIZE = 84
+ATARI_NOOP_MAX = 30
+ATARI_FRAME_STACK = 4
+
+
+def _register_atari(env_id: str) -> None:
+    """Register ale_py's ``ALE/...`` environments when ale_py is installed.
+
+    Gymnasium 1.x no longer finds them on its own. Asking for an ALE id without ale_py is a
+    clear error naming the extra to install, not "unknown environment".
+    """
+    import gymnasium as gym
+
+    try:
+        import ale_py
+    except ImportError:
+        if env_id.startswith("ALE/"):
+            raise ToolkitError(
+                f"Environment '{env_id}' is an Atari game and needs ale-py; install it with: pip install 'toolkit-rl[atari]'."
+            ) from None
+        return
+    gym.register_envs(ale_py)  # importing ale_py registered them; this keeps the import explicit
+
+
+def _is_atari_pixels(env_id: str) -> bool:
+    """Whether ``env_id`` is an ALE game with screen observations (not RAM)."""
+    import gymnasium as gym
+
+    spec = gym.spec(env_id)
+    entry = spec.entry_point if isinstance(spec.entry_point, str) else ""
+    return entry.startswith("ale_py") and spec.kwargs.get("obs_type", "rgb") != "ram"
+
+
+def _make_atari(env_id: str, render_mode: str | None, **kwargs: Any) -> Any:
+    """An ALE game with the usual DQN preprocessing: (4, 84, 84) uint8 stacks of grayscale frames.
+
+    The emulator runs every frame (``frameskip=1``) so that ``AtariPreprocessing`` can repeat
+    each action for 4 frames and max-pool the last two (Atari sprites flicker), start episodes
+    with up to 30 no-ops, and downsample to 84x84 grayscale; the last 4 such frames are stacked
+    so the agent can see motion.
+    """
+    import gymnasium as gym
+    from gymnasium.wrappers import AtariPreprocessing, FrameStackObservation
+
+    kwargs.setdefault("frameskip", 1)
+    env = gym.make(env_id, render_mode=render_mode, **kwargs)
+    env = AtariPreprocessing(
+        env, noop_max=ATARI_NOOP_MAX, frame_skip=ATARI_FRAME_SKIP, screen_size=ATARI_SCREEN_SIZE,
+        grayscale_obs=True, scale_obs=False, terminal_on_life_loss=False,
+    )
+    return FrameStackObservation(env, ATARI_FRAME_STACK)
+
+
 def make_env(env_id: str, render_mode: str | None = None, **kwargs: Any) -> Any:
-    """``gymnasium.make`` with plugin envs registered and errors turned into one sentence."""
+    """``gymnasium.make`` with plugin envs registered and errors turned into one sentence.
+
+    ALE (Atari) games get the usual preprocessing (see :func:`_make_atari`).
+    """
     _headless_defaults()
     check_env_id(env_id)
     import gymnasium as gym
@@ -62,8 +121,14 @@ def make_env(env_id: str, render_mode: str | None = None, **kwargs: Any) -> Any:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)  # "v4 is out of date": the user chose it
+            if _is_atari_pixels(env_id):
+                return _make_atari(env_id, render_mode, **kwargs)
             return gym.make(env_id, render_mode=render_mode, **kwargs)
     except gym.error.DependencyNotInstalled as exc:
+        if "opencv" in str(exc).lower():  # gymnasium's AtariPreprocessing resizes frames with OpenCV
+            raise ToolkitError(
+                f"Environment '{env_id}' needs OpenCV for its Atari preprocessing; install it with: pip install opencv-python-headless."
+            ) from None
         extra = " Install it with: pip install 'toolkit-rl[box2d]'." if "box2d" in str(exc).lower() else ""
         raise ToolkitError(f"Environment '{env_id}' needs a package that is not installed: {exc}.{extra}") from None
 

@@ -1,0 +1,301 @@
+"""Deep Q-Network (Mnih et al. 2015, "Human-level control through deep reinforcement learning").
+
+DQN learns the optimal action-value function ``Q*(s, a)`` from replayed transitions by
+regressing ``Q_theta(s, a)`` on the one-step Bellman target
+
+    y = r + gamma (1 - done) max_a' Q_theta'(s', a')
+
+computed with a *target network* ``theta'`` that follows the online network slowly (a hard copy
+every ``target_update_interval`` gradient steps, or Polyak averaging), under the Huber loss.
+It acts epsilon-greedily, with epsilon decaying linearly from ``exploration_initial_eps`` to
+``exploration_final_eps``.
+
+Refinements, each a config option:
+
+* Double DQN (van Hasselt et al. 2016, on by default): the online network *chooses* the next
+  action and the target network *values* it, ``y = r + gamma (1 - done) Q_theta'(s', argmax_a'
+  Q_theta(s', a'))``, which removes most of max's overestimation bias.
+* Dueling head (Wang et al. 2016): ``Q(s, a) = V(s) + A(s, a) - mean_a' A(s, a')``.
+* n-step returns (Sutton 1988; Hessel et al. 2018): ``y = sum_{i<k} gamma^i r_{t+i} +
+  gamma^k (1 - done) Q'(s_{t+k}, .)`` with ``k <= n`` cut short at an episode's end. The target
+  is computed here from an :class:`NStepBatch`; the framework's replay buffer samples 1-step
+  transitions, so the config refuses ``n_step > 1`` until the loop can hand such batches over.
+
+Observations: vectors go through an MLP; images (``uint8``, channels first as Atari frame
+stacks are, or channels last) go through the Nature-DQN convolutional encoder, scaled by 1/255
+inside the network so the replay buffer keeps compact bytes.
+
+Speed notes (DESIGN.md, Speed): :meth:`DQN.update` is pure tensor code with no read-back to the
+host; even the periodic hard target update is branch-free (a lerp whose weight is 0 or ``tau``),
+so the update can be wrapped in ``torch.compile`` or captured in a CUDA graph.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import NamedTuple
+
+import gymnasium as gym
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from toolkit.agent import Agent, Batch
+from toolkit.curiosity import CuriousAgent
+from toolkit.errors import ToolkitError
+from toolkit.networks import mlp
+from toolkit_dqn.spec import DQNConfig, DQNICMConfig
+
+
+class NStepBatch(NamedTuple):
+    """A :class:`~toolkit.agent.Batch` plus the n-step window starting at each transition.
+
+    The first six fields mean what they mean in ``Batch`` (``rewards`` is ``r_t``). The window
+    covers steps ``t .. t+k-1`` with ``1 <= k <= n``, cut short where the episode ends (by
+    termination or truncation) or the stored data does:
+
+    * ``window_rewards`` ``[B, n]``: ``r_t, ..., r_{t+k-1}``, then zeros;
+    * ``window_next_obs`` ``[B, *obs_shape]``: ``s_{t+k}``, the successor of the window's last step;
+    * ``window_dones`` ``[B, 1]``: 1.0 where the window's last step *terminated* the episode;
+    * ``window_length`` ``[B, 1]``: ``k`` as a float.
+    """
+
+    obs: torch.Tensor
+    actions: torch.Tensor
+    rewards: torch.Tensor
+    next_obs: torch.Tensor
+    dones: torch.Tensor
+    obs_history: torch.Tensor | None = None
+    window_rewards: torch.Tensor | None = None
+    window_next_obs: torch.Tensor | None = None
+    window_dones: torch.Tensor | None = None
+    window_length: torch.Tensor | None = None
+
+
+# --- networks ---------------------------------------------------------------------------------
+
+
+class NatureEncoder(nn.Module):
+    """The Nature-DQN convolutional torso: 32 8x8/4, 64 4x4/2, 64 3x3/1, ReLU, flattened.
+
+    Takes ``uint8`` pixels ``[B, C, H, W]`` (or ``[B, H, W, C]``) and scales them to [0, 1]
+    here, so the replay buffer stores bytes rather than four times as many floats.
+    """
+
+    def __init__(self, shape: tuple[int, ...]) -> None:
+        super().__init__()
+        # Frame stacks and grayscale images are channels-first (C <= 4); RGB renders come channels-last.
+        self.channels_last = shape[0] > 4
+        channels = shape[-1] if self.channels_last else shape[0]
+        self.conv = nn.Sequential(
+            nn.Conv2d(channels, 32, 8, stride=4), nn.ReLU(),
+            nn.Conv2d(32, 64, 4, stride=2), nn.ReLU(),
+            nn.Conv2d(64, 64, 3, stride=1), nn.ReLU(),
+            nn.Flatten(),
+        )
+        with torch.no_grad():  # zeros draw no random numbers, so building stays reproducible
+            self.out_dim = int(self.forward(torch.zeros(1, *shape, dtype=torch.uint8)).shape[-1])
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        x = obs.float() / 255.0 if not obs.is_floating_point() else obs
+        if self.channels_last:
+            x = x.movedim(-1, -3)
+        return self.conv(x)
+
+
+def _hidden_layers(in_dim: int, widths: tuple[int, ...]) -> nn.Sequential:
+    """Linear + ReLU for each width (no output layer)."""
+    layers: list[nn.Module] = []
+    for width in widths:
+        layers += [nn.Linear(in_dim, width), nn.ReLU()]
+        in_dim = width
+    return nn.Sequential(*layers)
+
+
+class QNetwork(nn.Module):
+    """``Q(s, .)`` for every action at once: an encoder, then a plain or dueling head.
+
+    The dueling head splits the last hidden layer into a value stream ``V(s)`` and an
+    advantage stream ``A(s, a)``, combined as ``V + A - mean_a A`` (Wang et al. 2016, eq. 9):
+    subtracting the mean makes ``V`` and ``A`` identifiable without changing ``argmax Q``.
+    """
+
+    def __init__(self, observation_space: gym.spaces.Box, n_actions: int, config: DQNConfig) -> None:
+        super().__init__()
+        shape = tuple(observation_space.shape)
+        if len(shape) == 3:
+            self.encoder: nn.Module = NatureEncoder(shape)
+            in_dim, hidden = self.encoder.out_dim, tuple(config.cnn_hidden_sizes)
+        else:
+            self.encoder = nn.Flatten()
+            in_dim, hidden = _flat_size(shape), tuple(config.hidden_sizes)
+        self.dueling = config.dueling
+        if self.dueling:
+            self.trunk = _hidden_layers(in_dim, hidden[:-1])
+            trunk_dim = hidden[-2] if len(hidden) > 1 else in_dim
+            self.value = mlp(trunk_dim, hidden[-1:], 1)
+            self.advantage = mlp(trunk_dim, hidden[-1:], n_actions)
+        else:
+            self.head = mlp(in_dim, hidden, n_actions)
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        features = self.encoder(obs if not obs.is_floating_point() else obs.float())
+        if not self.dueling:
+            return self.head(features)
+        h = self.trunk(features)
+        advantage = self.advantage(h)
+        return self.value(h) + advantage - advantage.mean(-1, keepdim=True)
+
+
+def _flat_size(shape: tuple[int, ...]) -> int:
+    size = 1
+    for d in shape:
+        size *= int(d)
+    return size
+
+
+# --- the agent --------------------------------------------------------------------------------
+
+
+class DQN(Agent):
+    """Deep Q-Network for discrete actions, with vector or image observations."""
+
+    def __init__(
+        self,
+        config: DQNConfig,
+        observation_space: gym.spaces.Box,
+        action_space: gym.spaces.Discrete,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        super().__init__()
+        if not isinstance(action_space, gym.spaces.Discrete):
+            raise ToolkitError(f"dqn needs a discrete action space, got {action_space}; try sac for continuous actions.")
+        if not isinstance(observation_space, gym.spaces.Box):
+            raise ToolkitError(f"dqn needs Box (vector or image) observations, got {observation_space}.")
+        self.config = config
+        self.device = torch.device(device)
+        self.n_actions = int(action_space.n)
+        self.action_start = int(action_space.start)  # Discrete(n, start=s) acts in s..s+n-1
+        #: Read by a loop that supports n-step sampling (see :class:`NStepBatch`).
+        self.n_step = config.n_step
+
+        self.q = QNetwork(observation_space, self.n_actions, config).to(self.device)
+        self.q_target = copy.deepcopy(self.q)
+        self.q_target.requires_grad_(False)
+        self.optimizer = torch.optim.Adam(self.q.parameters(), lr=config.lr, **_fast_adam_options(self.device))
+        self._online_params = list(self.q.parameters())
+        self._target_params = list(self.q_target.parameters())
+
+        # Counters live on the device as tensors: the epsilon schedule and the target-update
+        # period read them without a host sync, and checkpoints restore them exactly.
+        self.acting_steps = torch.zeros((), dtype=torch.int64, device=self.device)
+        self.updates = torch.zeros((), dtype=torch.int64, device=self.device)
+
+        self.checkpointed = {
+            "q": self.q,
+            "q_target": self.q_target,
+            "optimizer": self.optimizer,
+            "acting_steps": self.acting_steps,
+            "updates": self.updates,
+        }
+
+    # --- acting -------------------------------------------------------------------------------
+
+    def epsilon(self) -> torch.Tensor:
+        """The linear schedule: ``eps_0 + (eps_final - eps_0) * min(1, steps / exploration_steps)``."""
+        cfg = self.config
+        if cfg.exploration_steps == 0:
+            progress = torch.ones((), device=self.device)
+        else:
+            progress = (self.acting_steps.float() / cfg.exploration_steps).clamp(max=1.0)
+        return cfg.exploration_initial_eps + (cfg.exploration_final_eps - cfg.exploration_initial_eps) * progress
+
+    @torch.no_grad()
+    def act(self, obs: torch.Tensor, deterministic: bool = False) -> torch.Tensor:
+        """The greedy action ``argmax_a Q(s, a)``; epsilon-greedy unless ``deterministic``."""
+        greedy = self.q(obs).argmax(-1)
+        if not deterministic:
+            b = greedy.shape[0]
+            # Drawn from torch's global CPU generator, which the framework seeds and checkpoints,
+            # so a resumed run explores exactly as an uninterrupted one (on a GPU too).
+            explore = torch.rand(b).to(self.device) < self.epsilon()
+            random_action = torch.randint(self.n_actions, (b,)).to(self.device)
+            greedy = torch.where(explore, random_action, greedy)
+            self.acting_steps += b
+        return greedy + self.action_start
+
+    # --- learning -----------------------------------------------------------------------------
+
+    def update(self, batch: Batch | NStepBatch) -> dict[str, torch.Tensor]:
+        """One gradient step on the Huber loss to the (Double, n-step) Bellman target."""
+        cfg = self.config
+        actions = (batch.actions.long() - self.action_start).reshape(-1, 1)
+        rewards = batch.rewards.clamp(-1.0, 1.0) if cfg.clip_rewards else batch.rewards
+
+        # What to bootstrap from: (s', gamma, done) for 1-step, (s_{t+k}, gamma^k, done_k) for n-step.
+        window = getattr(batch, "window_rewards", None)
+        if window is None:
+            returns, bootstrap_obs, dones = rewards, batch.next_obs, batch.dones
+            discount = torch.full_like(rewards, cfg.gamma)
+        else:
+            # R = r_t + gamma r_{t+1} + ... + gamma^{k-1} r_{t+k-1}. The first reward is taken from
+            # `rewards`, so a wrapper that relabels it (curiosity) or clipping reaches it too.
+            later = window[:, 1:].clamp(-1.0, 1.0) if cfg.clip_rewards else window[:, 1:]
+            window = torch.cat([rewards, later], dim=-1)
+            powers = torch.arange(window.shape[-1], device=window.device, dtype=window.dtype)
+            returns = (window * cfg.gamma ** powers).sum(-1, keepdim=True)
+            bootstrap_obs, dones = batch.window_next_obs, batch.window_dones
+            discount = cfg.gamma ** batch.window_length
+
+        with torch.no_grad():
+            next_q_target = self.q_target(bootstrap_obs)
+            if cfg.double_q:  # Double DQN: the online network picks a', the target network values it
+                next_action = self.q(bootstrap_obs).argmax(-1, keepdim=True)
+            else:  # Nature DQN: max_a' Q_theta'(s', a')
+                next_action = next_q_target.argmax(-1, keepdim=True)
+            next_value = next_q_target.gather(-1, next_action)
+            target = returns + discount * (1.0 - dones) * next_value
+
+        # Huber loss (Nature DQN clips the TD error's gradient to [-1, 1], which is this loss).
+        q = self.q(batch.obs).gather(-1, actions)
+        loss = F.smooth_l1_loss(q, target)
+
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.max_grad_norm is not None:
+            nn.utils.clip_grad_norm_(self._online_params, cfg.max_grad_norm, foreach=True)
+        self.optimizer.step()
+
+        # Target network: theta' <- (1 - tau) theta' + tau theta every target_update_interval
+        # gradient steps. The period is a lerp weight of 0 or tau, not a Python branch on the
+        # counter, so no value is read back to the host (lerp with weight 0 leaves theta' exact).
+        self.updates += 1
+        if cfg.target_update_interval == 1:
+            torch._foreach_lerp_(self._target_params, self._online_params, cfg.tau)
+        else:
+            weight = (self.updates % cfg.target_update_interval == 0).float() * cfg.tau
+            torch._foreach_lerp_(self._target_params, self._online_params, weight)
+
+        return {
+            "loss": loss.detach(),
+            "q_mean": q.detach().mean(),
+            "target_mean": target.mean(),
+            "epsilon": self.epsilon(),
+        }
+
+
+def _fast_adam_options(device: torch.device) -> dict[str, bool]:
+    """Fused Adam where this torch supports it on the device, else the multi-tensor one."""
+    if device.type in {"cuda", "cpu"} and tuple(int(x) for x in torch.__version__.split(".")[:2]) >= (2, 4):
+        return {"fused": True}
+    return {"foreach": True}
+
+
+def make_dqn(config: DQNConfig, observation_space: gym.Space, action_space: gym.Space, device: str) -> DQN:
+    """Factory named by the ``dqn`` entry point."""
+    return DQN(config, observation_space, action_space, device)
+
+
+def make_dqn_icm(config: DQNICMConfig, observation_space: gym.Space, action_space: gym.Space, device: str) -> Agent:
+    """Factory named by the ``dqn-icm`` entry point: DQN wrapped in the curiosity module."""
+    return CuriousAgent(DQN(config, observation_space, action_space, device), observation_space, action_space, config.curiosity, device)

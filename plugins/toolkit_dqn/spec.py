@@ -1,0 +1,135 @@
+"""Entry-point targets of the DQN plugins.
+
+This module is imported by ``toolkit list``: it must stay light (config dataclasses and
+specs only); the algorithm in :mod:`toolkit_dqn.dqn` is imported when an agent is built.
+
+The defaults are rl-zoo's tuned CartPole-v1 settings for stable-baselines3's DQN, with Double
+DQN on. For Atari (``ALE/Pong-v5`` and friends) the Nature-DQN settings are roughly
+``buffer_size=100000 learning_starts=20000 train_every=4 updates_per_step=1 batch_size=32
+lr=1e-4 target_update_interval=2500 exploration_steps=250000 exploration_final_eps=0.01
+clip_rewards=true`` (the replay buffer stores observations and successors, about 56 KiB per
+transition for 4x84x84 frames, so size it to the memory you have).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from toolkit.config import nested, option
+from toolkit.configs import CuriosityConfig, OffPolicyConfig
+from toolkit.registry import AgentSpec
+
+
+@dataclass(frozen=True)
+class DQNConfig(OffPolicyConfig):
+    """Deep Q-Network settings (Mnih et al. 2015) with Double DQN, dueling and n-step options.
+
+    Defaults follow rl-zoo's tuned CartPole-v1 DQN: ``train_every`` and ``updates_per_step``
+    are its ``train_freq`` and ``gradient_steps``.
+    """
+
+    buffer_size: int = option(100_000, "Replay buffer capacity in transitions.")
+    batch_size: int = option(64, "Transitions per gradient step.")
+    learning_starts: int = option(1_000, "Env steps of uniformly random actions before learning begins.")
+    train_every: int = option(256, "Env steps between rounds of gradient steps (rl-zoo's train_freq).")
+    updates_per_step: int = option(128, "Gradient steps per round (rl-zoo's gradient_steps).")
+
+    lr: float = option(2.3e-3, "Adam learning rate of the Q-network.")
+    gamma: float = option(0.99, "Discount factor.")
+    hidden_sizes: tuple[int, ...] = option(
+        (256, 256), "Hidden layer widths of the Q-network's MLP for vector observations."
+    )
+    cnn_hidden_sizes: tuple[int, ...] = option(
+        (512,), "Hidden layer widths after the Nature-DQN convolutional encoder, for image observations."
+    )
+    dueling: bool = option(
+        False, "Dueling head (Wang et al. 2016): Q = V(s) + A(s, a) - mean_a A(s, a); the last hidden layer is split in two streams."
+    )
+    double_q: bool = option(
+        True, "Double DQN (van Hasselt et al. 2016): the online network picks the next action, the target network values it."
+    )
+    n_step: int = option(
+        1, "Steps of reward summed before bootstrapping (n-step returns); the off-policy loop currently samples 1-step transitions only."
+    )
+    target_update_interval: int = option(
+        128, "Gradient steps between target-network updates (with tau=1, hard copies)."
+    )
+    tau: float = option(
+        1.0, "Target update rate theta' <- (1 - tau) theta' + tau theta: 1 is a hard copy; e.g. 0.005 with interval 1 is Polyak averaging."
+    )
+    exploration_initial_eps: float = option(1.0, "Epsilon of epsilon-greedy when the agent starts acting.")
+    exploration_final_eps: float = option(0.04, "Epsilon once the linear schedule has ended.")
+    exploration_steps: int = option(
+        7_000, "Acting steps over which epsilon decays linearly (counted from learning_starts, when the agent starts acting)."
+    )
+    max_grad_norm: float | None = option(10.0, "Clip the gradient's global norm to this value; none disables clipping.")
+    clip_rewards: bool = option(False, "Clip rewards to [-1, 1] in the update, as Nature DQN does on Atari.")
+
+    def validate(self) -> None:
+        """Raise ValueError for settings that cannot work."""
+        super().validate()
+        if not 0.0 < self.gamma <= 1.0:
+            raise ValueError(f"gamma must lie in (0, 1], got {self.gamma}")
+        if not 0.0 < self.tau <= 1.0:
+            raise ValueError(f"tau must lie in (0, 1], got {self.tau}")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be positive, got {self.lr}")
+        if self.target_update_interval <= 0:
+            raise ValueError(f"target_update_interval must be positive, got {self.target_update_interval}")
+        for name in ("exploration_initial_eps", "exploration_final_eps"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must lie in [0, 1], got {getattr(self, name)}")
+        if self.exploration_steps < 0:
+            raise ValueError(f"exploration_steps must be >= 0, got {self.exploration_steps}")
+        if self.max_grad_norm is not None and self.max_grad_norm <= 0:
+            raise ValueError(f"max_grad_norm must be positive or none, got {self.max_grad_norm}")
+        if any(w <= 0 for w in (*self.hidden_sizes, *self.cnn_hidden_sizes)):
+            raise ValueError("hidden_sizes and cnn_hidden_sizes must hold positive widths")
+        if self.dueling and not (self.hidden_sizes and self.cnn_hidden_sizes):
+            raise ValueError("dueling needs at least one hidden layer to split into value and advantage streams")
+        if self.n_step < 1:
+            raise ValueError(f"n_step must be >= 1, got {self.n_step}")
+        if self.n_step > 1:
+            # The agent computes n-step targets from batches that carry n-step windows
+            # (toolkit_dqn.dqn.NStepBatch), but the framework's replay buffer samples
+            # 1-step transitions, so a larger n would silently train 1-step.
+            raise ValueError(
+                "n_step > 1 needs n-step replay sampling, which this toolkit's off-policy loop does not provide yet; use n_step=1"
+            )
+
+
+@dataclass(frozen=True)
+class DQNICMConfig(DQNConfig):
+    """DQN with an Intrinsic Curiosity Module paying an exploration bonus."""
+
+    curiosity: CuriosityConfig = nested(CuriosityConfig, "Intrinsic Curiosity Module settings.")
+
+    def validate(self) -> None:
+        """Raise ValueError for settings that cannot work."""
+        super().validate()
+        self.curiosity.validate()
+
+
+DQN = AgentSpec(
+    name="dqn",
+    config=DQNConfig,
+    factory="toolkit_dqn.dqn:make_dqn",
+    kind="off-policy",
+    action_spaces=("discrete",),
+    observation_spaces=("box", "image"),
+    description="Deep Q-Network (Mnih et al. 2015): replay, target network, Huber loss, epsilon-greedy; Double DQN, dueling.",
+    default_steps=1_000_000,
+    api_version=1,
+)
+
+DQN_ICM = AgentSpec(
+    name="dqn-icm",
+    config=DQNICMConfig,
+    factory="toolkit_dqn.dqn:make_dqn_icm",
+    kind="off-policy",
+    action_spaces=("discrete",),
+    observation_spaces=("box", "image"),
+    description="DQN with the Intrinsic Curiosity Module (Pathak et al. 2017) as an exploration bonus.",
+    default_steps=1_000_000,
+    api_version=1,
+)
