@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import gymnasium as gym
 import pytest
 import torch
 
@@ -19,6 +20,7 @@ from toolkit.registry import registry
 from toolkit.runs import MetricsLogger, RunSettings
 from toolkit.training import build_config
 from toolkit_pg.policies import (
+    ActorCritic,
     categorical_entropy,
     categorical_log_prob,
     gaussian_entropy,
@@ -26,6 +28,7 @@ from toolkit_pg.policies import (
 )
 from toolkit_pg.ppo import clipped_surrogate
 from toolkit_pg.returns import discounted_returns, gae, standardize
+from toolkit_pg.spec import PPOConfig
 
 torch.set_num_threads(1)
 
@@ -141,6 +144,24 @@ def test_gaussian_head_matches_torch_distributions() -> None:
     torch.testing.assert_close(gaussian_entropy(log_std, torch.Size([5, 7])), reference.entropy().sum(-1))
 
 
+def test_sampling_follows_the_policy() -> None:
+    """Categorical samples (Gumbel-max) match softmax(logits); Gaussian ones mean and std."""
+    torch.manual_seed(0)
+    policy = ActorCritic(gym.spaces.Box(-1, 1, (2,)), gym.spaces.Discrete(3), PPOConfig())
+    with torch.no_grad():
+        policy.policy_head.bias.copy_(torch.tensor([0.0, 1.0, 2.0]))
+        policy.policy_head.weight.zero_()
+    actions = policy.sample(torch.zeros(50_000, 2))
+    frequencies = torch.bincount(actions, minlength=3).float() / actions.numel()
+    torch.testing.assert_close(frequencies, torch.tensor([0.0, 1.0, 2.0]).softmax(-1), atol=0.01, rtol=0)
+
+    policy = ActorCritic(gym.spaces.Box(-1, 1, (2,)), gym.spaces.Box(-2, 2, (1,)), PPOConfig(init_log_std=-0.5))
+    actions = policy.sample(torch.zeros(50_000, 2))
+    mean = policy.distribution(torch.zeros(1, 2))[0]
+    torch.testing.assert_close(actions.mean(0), mean, atol=0.01, rtol=0)
+    torch.testing.assert_close(actions.std(0), torch.tensor([0.5]).exp() ** -1, atol=0.01, rtol=0)
+
+
 @pytest.mark.parametrize("env_id", ["CartPole-v1", "Pendulum-v1"])
 @pytest.mark.parametrize("shared", [False, True])
 def test_actor_critic_evaluate_matches_its_distribution(env_id: str, shared: bool) -> None:
@@ -175,8 +196,6 @@ def test_spec_module_does_not_import_torch() -> None:
 
 
 def test_minibatch_advice_suggests_sizes_that_work() -> None:
-    from toolkit_pg.spec import PPOConfig
-
     with pytest.raises(ValueError) as info:
         PPOConfig(num_envs=8, rollout_steps=100, minibatch_size=64).validate()
     message = str(info.value)
@@ -221,7 +240,7 @@ def _rollout(name: str, env_id: str, tmp_path: Path, set_items: list[str]) -> tu
 
 SMALL = {
     "reinforce": ["num_envs=2", "hidden_sizes=16"],
-    "a2c": ["num_envs=2", "hidden_sizes=16", "advantage=gae"],
+    "a2c": ["num_envs=2", "hidden_sizes=16", "advantage=gae", "lr_schedule=linear", "lr_decay_steps=30"],
     "ppo": ["num_envs=2", "rollout_steps=32", "minibatch_size=16", "epochs=2", "hidden_sizes=16",
             "clip_range_vf=0.2", "normalize_obs=true"],
     "ppo-icm": ["num_envs=2", "rollout_steps=32", "minibatch_size=16", "epochs=2", "hidden_sizes=16",
@@ -260,6 +279,9 @@ def test_update_on_a_rollout_and_resume_exactly(name: str, env_id: str, tmp_path
         torch.testing.assert_close(value, twin_metrics[key], msg=key)
     if before is not None:
         assert any(not torch.equal(a, b) for a, b in zip(before, agent.policy.parameters()))
+    if name == "a2c":  # linear decay over 30 env steps, 2 updates of 2 envs x 5 steps done
+        assert agent.optimizer.param_groups[0]["lr"] == pytest.approx(7e-4 * (1 - 20 / 30))
+        assert twin.optimizer.param_groups[0]["lr"] == agent.optimizer.param_groups[0]["lr"]
     obs = torch.randn(4, *env.observation_space.shape)
     assert torch.equal(agent.act(obs, deterministic=True), twin.act(obs, deterministic=True))
 
