@@ -8,13 +8,18 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+# Activations whose in-place form autograd supports (their backward reads the output only).
+_IN_PLACE_SAFE = (nn.ReLU, nn.ELU, nn.LeakyReLU)
+
 
 def mlp(in_dim: int, hidden: Sequence[int], out_dim: int, activation: type[nn.Module] = nn.ReLU) -> nn.Sequential:
     """A fully connected network ``in -> hidden... -> out`` with ``activation`` between layers."""
     layers: list[nn.Module] = []
     last = in_dim
     for width in hidden:
-        layers += [nn.Linear(last, width), activation()]
+        # Each activation follows a Linear layer, whose backward does not need its output, so
+        # the activation may overwrite it instead of allocating a new tensor.
+        layers += [nn.Linear(last, width), activation(inplace=True) if activation in _IN_PLACE_SAFE else activation()]
         last = width
     layers.append(nn.Linear(last, out_dim))
     return nn.Sequential(*layers)
@@ -45,13 +50,17 @@ class EnsembleMLP(nn.Module):
         ``detach_params`` evaluates the ensemble without letting gradients reach its weights
         (an actor's loss must move the actor only), without toggling ``requires_grad``.
         """
+        layers = list(zip(self.weights, self.biases))
+        if detach_params:
+            layers = [(w.detach(), b.detach()) for w, b in layers]
         if x.dim() == 2:
-            x = x.unsqueeze(0).expand(self.n, -1, -1)
-        last = len(self.weights) - 1
-        for i, (w, b) in enumerate(zip(self.weights, self.biases)):
-            if detach_params:
-                w, b = w.detach(), b.detach()
-            x = torch.baddbmm(b, x, w)
-            if i < last:
-                x = torch.relu(x)
-        return x
+            x = x.expand(self.n, *x.shape)  # a view: every member reads the same rows
+        *hidden, (w_out, b_out) = layers
+        for w, b in hidden:
+            # In place: baddbmm's backward does not need its output, so ReLU may overwrite it.
+            x = torch.baddbmm(b, x, w).relu_()
+        if w_out.shape[-1] == 1:
+            # A one-unit output (a critic's value) as multiply-and-sum: on CPU a batched matrix
+            # multiply with a single output column, and its backward, run several times slower.
+            return (x * w_out.transpose(1, 2)).sum(-1, keepdim=True) + b_out
+        return torch.baddbmm(b_out, x, w_out)

@@ -61,6 +61,12 @@ class TanhGaussianActor(nn.Module):
         action = torch.tanh(u) * self.scale + self.bias
         return action, (log_prob - log_det).sum(-1, keepdim=True)
 
+    def sample_action(self, obs: torch.Tensor) -> torch.Tensor:
+        """The action of :meth:`sample` without its log-probability (for acting): same draw."""
+        mean, log_std = self(obs)
+        u = mean + torch.randn_like(mean) * log_std.exp()
+        return torch.tanh(u) * self.scale + self.bias
+
     def mode(self, obs: torch.Tensor) -> torch.Tensor:
         """The deterministic action used for evaluation."""
         mean, _ = self(obs)
@@ -92,14 +98,16 @@ class SAC(Agent):
         self.log_alpha = torch.tensor(math.log(config.alpha), device=device, requires_grad=config.autotune_alpha)
         self.target_entropy = -float(act_dim) if config.target_entropy is None else config.target_entropy
 
-        # One optimiser over disjoint parameter groups: Adam is per-parameter, so this equals
-        # three optimisers, but it costs one step instead of three.
-        groups = [
-            {"params": list(self.critic.parameters()), "lr": config.critic_lr or config.lr},
-            {"params": list(self.actor.parameters()), "lr": config.lr},
-        ]
-        if config.autotune_alpha:
-            groups.append({"params": [self.log_alpha], "lr": config.lr})
+        # One optimiser with one parameter group per distinct learning rate: Adam is
+        # per-parameter, so this equals separate optimisers for critics, actor and temperature,
+        # but costs one fused step instead of three.
+        critic_params = list(self.critic.parameters())
+        other_params = list(self.actor.parameters()) + ([self.log_alpha] if config.autotune_alpha else [])
+        critic_lr = config.critic_lr or config.lr
+        if critic_lr == config.lr:
+            groups = [{"params": critic_params + other_params, "lr": config.lr}]
+        else:
+            groups = [{"params": critic_params, "lr": critic_lr}, {"params": other_params, "lr": config.lr}]
         self.optimizer = torch.optim.Adam(groups, **_fast_adam_options(device))
         self._critic_params = list(self.critic.parameters())
         self._target_params = list(self.target_critic.parameters())
@@ -117,7 +125,7 @@ class SAC(Agent):
         """Sample from the policy, or take its mean action when ``deterministic``."""
         if deterministic:
             return self.actor.mode(obs)
-        return self.actor.sample(obs)[0]
+        return self.actor.sample_action(obs)
 
     def update(self, batch: Batch) -> dict[str, torch.Tensor]:
         """One SAC gradient step on critics, actor and temperature."""
@@ -128,7 +136,7 @@ class SAC(Agent):
         # y = r + gamma (1 - done) (min_i Q'_i(s', a') - alpha log pi(a'|s')),  a' ~ pi(.|s')
         with torch.no_grad():
             next_action, next_log_prob = self.actor.sample(batch.next_obs)
-            next_q = self.target_critic(torch.cat([batch.next_obs, next_action], -1)).min(0).values
+            next_q = self.target_critic(torch.cat([batch.next_obs, next_action], -1)).amin(0)
             target = batch.rewards + cfg.gamma * (1.0 - batch.dones) * (next_q - alpha * next_log_prob)
 
         # Critic loss J_Q = 1/2 E[(Q_i(s, a) - y)^2], summed over the twin critics (eq. 5).
