@@ -218,16 +218,20 @@ def main() -> None:
 
     print()
     print(f"{'algo':<6}{'toolkit steps':>15}{'toolkit s':>11}{'sb3 steps':>11}{'sb3 s':>9}"
-          f"{'steps ratio':>13}{'time ratio':>12}{'reached (tk/sb3)':>18}")
+          f"{'steps ratio':>13}{'time ratio':>12}{'tk steps/s':>12}{'sb3 steps/s':>13}{'speed ratio':>13}"
+          f"{'reached (tk/sb3)':>18}")
     for algo, ours, theirs in rows:
         def med(xs: list[Outcome], key: Callable[[Outcome], float]) -> float:
             return statistics.median(key(x) for x in xs)
 
         s1, t1 = med(ours, lambda o: o.steps), med(ours, lambda o: o.seconds)
         s2, t2 = med(theirs, lambda o: o.steps), med(theirs, lambda o: o.seconds)
+        r1, r2 = med(ours, lambda o: o.steps / o.seconds), med(theirs, lambda o: o.steps / o.seconds)
         reached = f"{sum(o.reached for o in ours)}/{len(ours)} {sum(o.reached for o in theirs)}/{len(theirs)}"
-        print(f"{algo:<6}{s1:>15.0f}{t1:>11.1f}{s2:>11.0f}{t2:>9.1f}{s1 / s2:>12.2f}x{t1 / t2:>11.2f}x{reached:>18}")
-    print("ratios are toolkit / stable-baselines3 medians (below 1: the toolkit needs fewer steps or seconds); "
+        print(f"{algo:<6}{s1:>15.0f}{t1:>11.1f}{s2:>11.0f}{t2:>9.1f}{s1 / s2:>12.2f}x{t1 / t2:>11.2f}x"
+              f"{r1:>12.0f}{r2:>13.0f}{r1 / r2:>12.2f}x{reached:>18}")
+    print("steps and time ratios are toolkit / stable-baselines3 medians (below 1: the toolkit needs fewer steps or "
+          "seconds); speed ratio is training throughput, toolkit / stable-baselines3 (above 1: the toolkit is faster); "
           "a run that did not reach the threshold counts with its budget")
 
 

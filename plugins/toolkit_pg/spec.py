@@ -24,7 +24,9 @@ class PolicyGradientConfig(OnPolicyConfig):
     lr_schedule: Literal["constant", "linear"] = option(
         "constant", "Keep lr constant, or decay it linearly to 0 over lr_decay_steps env steps."
     )
-    lr_decay_steps: int = option(1_000_000, "Env steps over which a linear lr_schedule reaches 0.")
+    lr_decay_steps: int = option(
+        1_000_000, "Env steps over which a linear lr_schedule reaches 0 (each update counts num_envs * rollout_steps)."
+    )
     gamma: float = option(0.99, "Discount factor.")
     hidden_sizes: tuple[int, ...] = option((64, 64), "Hidden layer widths of the policy and value networks.")
     activation: Literal["tanh", "relu"] = option("tanh", "Activation between hidden layers.")
