@@ -89,6 +89,25 @@ def _is_atari_pixels(env_id: str) -> bool:
     return entry.startswith("ale_py") and spec.kwargs.get("obs_type", "rgb") != "ram"
 
 
+def _seed_emulator_on_reset(env: Any) -> Any:
+    """Make an ALE episode a function of ``env.unwrapped.np_random`` at reset, as other envs are.
+
+    The emulator keeps a random generator of its own (sticky actions) that a plain ``reset()``
+    does not touch, so replaying an episode's actions (how a checkpoint restores the episode in
+    progress) would not reach the same frames. Reseeding the emulator at every reset with a seed
+    drawn from ``np_random`` ties both generators to the state the toolkit records.
+    """
+    import gymnasium as gym
+
+    class SeedEmulatorOnReset(gym.Wrapper):
+        def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> Any:
+            if seed is None:
+                seed = int(self.env.unwrapped.np_random.integers(2**31 - 1))
+            return self.env.reset(seed=seed, options=options)
+
+    return SeedEmulatorOnReset(env)
+
+
 def _make_atari(env_id: str, render_mode: str | None, **kwargs: Any) -> Any:
     """An ALE game with the usual DQN preprocessing: (4, 84, 84) uint8 stacks of grayscale frames.
 
@@ -101,7 +120,7 @@ def _make_atari(env_id: str, render_mode: str | None, **kwargs: Any) -> Any:
     from gymnasium.wrappers import AtariPreprocessing, FrameStackObservation
 
     kwargs.setdefault("frameskip", 1)
-    env = gym.make(env_id, render_mode=render_mode, **kwargs)
+    env = _seed_emulator_on_reset(gym.make(env_id, render_mode=render_mode, **kwargs))
     env = AtariPreprocessing(
         env, noop_max=ATARI_NOOP_MAX, frame_skip=ATARI_FRAME_SKIP, screen_size=ATARI_SCREEN_SIZE,
         grayscale_obs=True, scale_obs=False, terminal_on_life_loss=False,

@@ -137,6 +137,10 @@ class QNetwork(nn.Module):
             self.advantage = mlp(trunk_dim, hidden[-1:], n_actions)
         else:
             self.head = mlp(in_dim, hidden, n_actions)
+        # Start the output layers without a bias, so a fresh network has no built-in preference
+        # among actions: its greedy choice then depends on the observation, not on the init.
+        for layer in (self.value[-1], self.advantage[-1]) if self.dueling else (self.head[-1],):
+            nn.init.zeros_(layer.bias)
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         features = self.encoder(obs if not obs.is_floating_point() else obs.float())
@@ -183,6 +187,12 @@ class DQN(Agent):
         self.q_target = copy.deepcopy(self.q)
         self.q_target.requires_grad_(False)
         self.optimizer = torch.optim.Adam(self.q.parameters(), lr=config.lr, **_fast_adam_options(self.device))
+        # Optional linear learning-rate decay: late in training a smaller step keeps a good
+        # Q-function from being knocked over by the noise of its own bootstrapped targets.
+        final_factor = 1.0 if config.lr_final is None else config.lr_final / config.lr
+        self.lr_schedule = torch.optim.lr_scheduler.LinearLR(
+            self.optimizer, start_factor=1.0, end_factor=final_factor, total_iters=config.lr_decay_updates
+        )
         self._online_params = list(self.q.parameters())
         self._target_params = list(self.q_target.parameters())
 
@@ -195,6 +205,7 @@ class DQN(Agent):
             "q": self.q,
             "q_target": self.q_target,
             "optimizer": self.optimizer,
+            "lr_schedule": self.lr_schedule,
             "acting_steps": self.acting_steps,
             "updates": self.updates,
         }
@@ -226,10 +237,14 @@ class DQN(Agent):
 
     # --- learning -----------------------------------------------------------------------------
 
-    def update(self, batch: Batch | NStepBatch) -> dict[str, torch.Tensor]:
-        """One gradient step on the Huber loss to the (Double, n-step) Bellman target."""
+    @torch.no_grad()
+    def td_target(self, batch: Batch | NStepBatch) -> torch.Tensor:
+        """The bootstrapped target ``y = R + gamma^k (1 - done) Q_theta'(s_{t+k}, a*)``, ``[B, 1]``.
+
+        ``a* = argmax_a Q_theta(s_{t+k}, a)`` with Double DQN, ``argmax_a Q_theta'(s_{t+k}, a)``
+        (so ``max_a Q_theta'``) without; ``k = 1`` and ``R = r_t`` for a 1-step :class:`Batch`.
+        """
         cfg = self.config
-        actions = (batch.actions.long() - self.action_start).reshape(-1, 1)
         rewards = batch.rewards.clamp(-1.0, 1.0) if cfg.clip_rewards else batch.rewards
 
         # What to bootstrap from: (s', gamma, done) for 1-step, (s_{t+k}, gamma^k, done_k) for n-step.
@@ -243,18 +258,23 @@ class DQN(Agent):
             later = window[:, 1:].clamp(-1.0, 1.0) if cfg.clip_rewards else window[:, 1:]
             window = torch.cat([rewards, later], dim=-1)
             powers = torch.arange(window.shape[-1], device=window.device, dtype=window.dtype)
-            returns = (window * cfg.gamma ** powers).sum(-1, keepdim=True)
+            returns = (window * cfg.gamma**powers).sum(-1, keepdim=True)
             bootstrap_obs, dones = batch.window_next_obs, batch.window_dones
-            discount = cfg.gamma ** batch.window_length
+            discount = cfg.gamma**batch.window_length
 
-        with torch.no_grad():
-            next_q_target = self.q_target(bootstrap_obs)
-            if cfg.double_q:  # Double DQN: the online network picks a', the target network values it
-                next_action = self.q(bootstrap_obs).argmax(-1, keepdim=True)
-            else:  # Nature DQN: max_a' Q_theta'(s', a')
-                next_action = next_q_target.argmax(-1, keepdim=True)
-            next_value = next_q_target.gather(-1, next_action)
-            target = returns + discount * (1.0 - dones) * next_value
+        next_q_target = self.q_target(bootstrap_obs)
+        if cfg.double_q:  # Double DQN: the online network picks a*, the target network values it
+            next_action = self.q(bootstrap_obs).argmax(-1, keepdim=True)
+        else:  # Nature DQN: max_a Q_theta'(s', a)
+            next_action = next_q_target.argmax(-1, keepdim=True)
+        next_value = next_q_target.gather(-1, next_action)
+        return returns + discount * (1.0 - dones) * next_value
+
+    def update(self, batch: Batch | NStepBatch) -> dict[str, torch.Tensor]:
+        """One gradient step on the Huber loss to the (Double, n-step) Bellman target."""
+        cfg = self.config
+        actions = (batch.actions.long() - self.action_start).reshape(-1, 1)
+        target = self.td_target(batch)
 
         # Huber loss (Nature DQN clips the TD error's gradient to [-1, 1], which is this loss).
         q = self.q(batch.obs).gather(-1, actions)
@@ -265,6 +285,8 @@ class DQN(Agent):
         if cfg.max_grad_norm is not None:
             nn.utils.clip_grad_norm_(self._online_params, cfg.max_grad_norm, foreach=True)
         self.optimizer.step()
+        if self.config.lr_final is not None:
+            self.lr_schedule.step()  # plain Python arithmetic on the step count, no device read
 
         # Target network: theta' <- (1 - tau) theta' + tau theta every target_update_interval
         # gradient steps. The period is a lerp weight of 0 or tau, not a Python branch on the
