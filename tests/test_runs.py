@@ -26,7 +26,9 @@ def test_flagship_journey_on_hopper(tmp_path: Path) -> None:
     """The acceptance commands: train sac-icm on Hopper-v4, evaluate, resume."""
     run = tmp_path / "hopper"
     train = run_cli("train", "sac-icm", "--env", "Hopper-v4", "--steps", "3000", "--seed", "1", "--run-dir", run,
-                    "--no-progress", "--set", "learning_starts=2900", "--set", "batch_size=64")
+                    "--no-progress", "--set", "learning_starts=2900", "--set", "batch_size=64",
+                    # small networks: this checks the journey; learning is checked in test_learning.py
+                    "--set", "hidden_sizes=64,64", "--set", "curiosity.hidden_size=64")
     assert train.returncode == 0, train.stderr
     assert (run / CHECKPOINT).is_file()
     train_records = read_metrics(run, "train")
