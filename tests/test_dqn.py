@@ -147,10 +147,12 @@ def test_image_observations_go_through_the_nature_encoder() -> None:
     torch.testing.assert_close(agent.q(batch.obs), agent.q(batch.obs.float() / 255.0))
 
 
-def test_channels_last_images() -> None:
+def test_channels_last_images_and_byte_vectors() -> None:
     space = gym.spaces.Box(0, 255, (64, 64, 3), np.uint8)
     net = QNetwork(space, 4, DQNConfig(dueling=True))
     assert net(torch.randint(0, 256, (2, 64, 64, 3), dtype=torch.uint8)).shape == (2, 4)
+    ram = gym.spaces.Box(0, 255, (128,), np.uint8)  # e.g. Atari RAM: a vector, through the MLP
+    assert QNetwork(ram, 6, DQNConfig())(torch.randint(0, 256, (2, 128), dtype=torch.uint8)).shape == (2, 6)
 
 
 # --- exploration ------------------------------------------------------------------------------

@@ -97,7 +97,7 @@ class NatureEncoder(nn.Module):
             self.out_dim = int(self.forward(torch.zeros(1, *shape, dtype=torch.uint8)).shape[-1])
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        x = obs.float() / 255.0 if not obs.is_floating_point() else obs
+        x = obs.float() / 255.0 if obs.dtype == torch.uint8 else obs.float()
         if self.channels_last:
             x = x.movedim(-1, -3)
         return self.conv(x)
@@ -123,7 +123,8 @@ class QNetwork(nn.Module):
     def __init__(self, observation_space: gym.spaces.Box, n_actions: int, config: DQNConfig) -> None:
         super().__init__()
         shape = tuple(observation_space.shape)
-        if len(shape) == 3:
+        self.image = len(shape) == 3
+        if self.image:
             self.encoder: nn.Module = NatureEncoder(shape)
             in_dim, hidden = self.encoder.out_dim, tuple(config.cnn_hidden_sizes)
         else:
@@ -143,7 +144,9 @@ class QNetwork(nn.Module):
             nn.init.zeros_(layer.bias)
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        features = self.encoder(obs if not obs.is_floating_point() else obs.float())
+        # Pixels reach the encoder as bytes (it scales them); vectors, even byte-valued ones such
+        # as Atari RAM, enter the MLP as floats.
+        features = self.encoder(obs if self.image else obs.float())
         if not self.dueling:
             return self.head(features)
         h = self.trunk(features)
