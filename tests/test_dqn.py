@@ -305,7 +305,6 @@ def test_atari_preprocessing_a_short_run_and_an_exact_resume(tmp_path: Path) -> 
 # --- learning ---------------------------------------------------------------------------------
 
 
-@pytest.mark.slow  # issue 3: the defaults do not reach 475 yet (seed 0 peaked at 392); back in CI once they do
 def test_dqn_learns_cartpole_within_50k_steps(tmp_path: Path) -> None:
     """The issue's acceptance check: within 50k env steps the deterministic policy averages >= 475
     over 10 evaluation episodes.
