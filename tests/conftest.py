@@ -24,3 +24,14 @@ def cli():
         return runner.invoke(app, [str(a) for a in args])
 
     return invoke
+
+
+def assert_clean_error(result, *fragments: str) -> None:
+    """A CLI result that failed as a user error should: non-zero exit, no traceback, and a
+    message containing every fragment."""
+    assert result.exit_code != 0, result.output
+    assert "Traceback" not in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+    text = " ".join(result.output.split())
+    for fragment in fragments:
+        assert fragment in text, text

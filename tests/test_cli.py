@@ -8,20 +8,12 @@ from pathlib import Path
 
 import pytest
 
+from conftest import assert_clean_error
+
 from toolkit.runs import CHECKPOINT
 
 FAST = ["--set", "learning_starts=100", "--set", "batch_size=32", "--set", "hidden_sizes=32,32",
         "--no-progress", "--log-every", "100"]
-
-
-def assert_clean_error(result, *fragments: str) -> None:
-    """Non-zero exit, no traceback, and the message says what went wrong."""
-    assert result.exit_code != 0, result.output
-    assert "Traceback" not in result.output
-    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
-    text = " ".join(result.output.split())
-    for fragment in fragments:
-        assert fragment in text, text
 
 
 @pytest.fixture(scope="module")

@@ -13,6 +13,8 @@ from pathlib import Path
 import gymnasium as gym
 import numpy as np
 import pytest
+
+from conftest import assert_clean_error
 import torch
 
 from toolkit.agent import Batch
@@ -222,24 +224,15 @@ def test_config_validation() -> None:
     DQNICMConfig().validate()
 
 
-def _assert_one_clean_sentence(result, *fragments: str) -> None:
-    assert result.exit_code != 0, result.output
-    assert "Traceback" not in result.output
-    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
-    text = " ".join(result.output.split())
-    for fragment in fragments:
-        assert fragment in text, text
-
-
 def test_dqn_on_a_continuous_env_names_agents_that_fit(cli, tmp_path: Path) -> None:
     result = cli("train", "dqn", "--env", "Pendulum-v1", "--run-dir", tmp_path / "r", "--no-progress")
-    _assert_one_clean_sentence(result, "Agent 'dqn' needs discrete actions", "Agents that fit:", "sac")
+    assert_clean_error(result, "Agent 'dqn' needs discrete actions", "Agents that fit:", "sac")
     assert not (tmp_path / "r").exists()
 
 
 def test_n_step_above_one_is_refused_with_a_reason(cli, tmp_path: Path) -> None:
     result = cli("train", "dqn", "--env", "CartPole-v1", "--set", "n_step=3", "--run-dir", tmp_path / "r")
-    _assert_one_clean_sentence(result, "Invalid config", "n_step")
+    assert_clean_error(result, "Invalid config", "n_step")
 
 
 def test_atari_id_without_ale_py_says_what_to_install(monkeypatch) -> None:

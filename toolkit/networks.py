@@ -64,3 +64,12 @@ class EnsembleMLP(nn.Module):
             # multiply with a single output column, and its backward, run several times slower.
             return (x * w_out.transpose(1, 2)).sum(-1, keepdim=True) + b_out
         return torch.baddbmm(b_out, x, w_out)
+
+
+def fast_adam_options(device: torch.device | str) -> dict[str, bool]:
+    """Keyword arguments for ``torch.optim.Adam``: the fused kernel where this torch has it for
+    the device (CPU and CUDA since torch 2.4; one kernel call per step), else the multi-tensor one."""
+    kind = torch.device(device).type
+    if kind in {"cuda", "cpu"} and tuple(int(x) for x in torch.__version__.split(".")[:2]) >= (2, 4):
+        return {"fused": True}
+    return {"foreach": True}

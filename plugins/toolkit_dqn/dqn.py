@@ -43,7 +43,7 @@ from torch import nn
 from toolkit.agent import Agent, Batch
 from toolkit.curiosity import CuriousAgent
 from toolkit.errors import ToolkitError
-from toolkit.networks import mlp
+from toolkit.networks import fast_adam_options, mlp
 from toolkit_dqn.spec import DQNConfig, DQNICMConfig
 
 
@@ -189,7 +189,7 @@ class DQN(Agent):
         self.q = QNetwork(observation_space, self.n_actions, config).to(self.device)
         self.q_target = copy.deepcopy(self.q)
         self.q_target.requires_grad_(False)
-        self.optimizer = torch.optim.Adam(self.q.parameters(), lr=config.lr, **_fast_adam_options(self.device))
+        self.optimizer = torch.optim.Adam(self.q.parameters(), lr=config.lr, **fast_adam_options(self.device))
         # Optional linear learning-rate decay: late in training a smaller step keeps a good
         # Q-function from being knocked over by the noise of its own bootstrapped targets.
         final_factor = 1.0 if config.lr_final is None else config.lr_final / config.lr
@@ -307,13 +307,6 @@ class DQN(Agent):
             "target_mean": target.mean(),
             "epsilon": self.epsilon(),
         }
-
-
-def _fast_adam_options(device: torch.device) -> dict[str, bool]:
-    """Fused Adam where this torch supports it on the device, else the multi-tensor one."""
-    if device.type in {"cuda", "cpu"} and tuple(int(x) for x in torch.__version__.split(".")[:2]) >= (2, 4):
-        return {"fused": True}
-    return {"foreach": True}
 
 
 def make_dqn(config: DQNConfig, observation_space: gym.Space, action_space: gym.Space, device: str) -> DQN:

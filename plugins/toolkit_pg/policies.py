@@ -27,6 +27,7 @@ from torch import nn
 
 from toolkit.agent import Agent, Rollout
 from toolkit.errors import ToolkitError
+from toolkit.networks import fast_adam_options
 from toolkit_pg.spec import PolicyGradientConfig
 
 HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
@@ -189,14 +190,6 @@ class ActorCritic(nn.Module):
 
 # --- the agent scaffolding the three algorithms share -----------------------------------------
 
-def _fast_adam_options(device: torch.device | str) -> dict[str, bool]:
-    """Fused Adam where this torch supports it on the device, else the multi-tensor one."""
-    kind = torch.device(device).type
-    if kind in {"cuda", "cpu"} and tuple(int(x) for x in torch.__version__.split(".")[:2]) >= (2, 4):
-        return {"fused": True}
-    return {"foreach": True}
-
-
 class PolicyGradientAgent(Agent):
     """What REINFORCE, A2C and PPO share: an :class:`ActorCritic`, its optimiser and lr schedule.
 
@@ -220,7 +213,7 @@ class PolicyGradientAgent(Agent):
         if optimizer == "rmsprop":  # A3C's and stable-baselines3's A2C settings
             self.optimizer: torch.optim.Optimizer = torch.optim.RMSprop(params, lr=config.lr, alpha=0.99, eps=1e-5)
         else:  # eps 1e-5 as in the PPO reference implementations
-            self.optimizer = torch.optim.Adam(params, lr=config.lr, eps=1e-5, **_fast_adam_options(device))
+            self.optimizer = torch.optim.Adam(params, lr=config.lr, eps=1e-5, **fast_adam_options(device))
         # Linear decay in env steps, counted as the nominal num_envs * rollout_steps per update.
         per_update = config.num_envs * config.rollout_steps
         decay = config.lr_decay_steps if config.lr_schedule == "linear" else None

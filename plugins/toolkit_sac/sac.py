@@ -24,7 +24,7 @@ from torch import nn
 
 from toolkit.agent import Agent, Batch
 from toolkit.curiosity import CuriousAgent
-from toolkit.networks import EnsembleMLP, mlp
+from toolkit.networks import EnsembleMLP, fast_adam_options, mlp
 from toolkit_sac.spec import SACConfig, SACICMConfig
 
 LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
@@ -108,7 +108,7 @@ class SAC(Agent):
             groups = [{"params": critic_params + other_params, "lr": config.lr}]
         else:
             groups = [{"params": critic_params, "lr": critic_lr}, {"params": other_params, "lr": config.lr}]
-        self.optimizer = torch.optim.Adam(groups, **_fast_adam_options(device))
+        self.optimizer = torch.optim.Adam(groups, **fast_adam_options(device))
         self._critic_params = list(self.critic.parameters())
         self._target_params = list(self.target_critic.parameters())
 
@@ -167,14 +167,6 @@ class SAC(Agent):
             "entropy": -log_prob.detach().mean(),
             "q_mean": q.detach().mean(),
         }
-
-
-def _fast_adam_options(device: torch.device | str) -> dict[str, bool]:
-    """Fused Adam where this torch supports it on the device, else the multi-tensor one."""
-    kind = torch.device(device).type
-    if kind in {"cuda", "cpu"} and tuple(int(x) for x in torch.__version__.split(".")[:2]) >= (2, 4):
-        return {"fused": True}
-    return {"foreach": True}
 
 
 def make_sac(config: SACConfig, observation_space: gym.Space, action_space: gym.Space, device: str) -> SAC:
