@@ -58,3 +58,55 @@ def test_state_round_trip_continues_identically() -> None:
     fill(a, 5)
     fill(b, 5)
     assert torch.equal(a.obs, b.obs) and a.pos == b.pos
+
+
+def _episodes(buffer: ReplayBuffer, lengths: list[int], terminated: list[bool]) -> None:
+    """Store episodes of the given lengths; reward = global step index; obs = index too."""
+    t = 0
+    for length, ends_terminal in zip(lengths, terminated):
+        for k in range(length):
+            obs = np.full(3, t, np.float32)
+            last = k == length - 1
+            buffer.add(obs, np.zeros(2, np.float32), float(t), obs + 0.5, last and ends_terminal, k)
+            t += 1
+
+
+def _expected_window(t: int, n: int, starts: list[int], ends: list[int], written: int) -> int:
+    """Hand count of the window length from step t: up to the episode's last step and the write head."""
+    end = next(e for s, e in zip(starts, ends) if s <= t <= e)
+    return min(n, end - t + 1, written - t)
+
+
+def test_n_step_window_stops_at_termination_truncation_and_the_write_head() -> None:
+    buffer = ReplayBuffer(100, (3,), (2,), seed=4)
+    # a terminated episode of 5 steps, one cut by a time limit after 4, one still running (3 so far)
+    _episodes(buffer, [5, 4, 3], [True, False, False])
+    starts, ends, written = [0, 5, 9], [4, 8, 11], 12
+    batch = buffer.sample(512, n_step=3)
+    assert batch.window_rewards.shape == (512, 3) and batch.window_length.shape == (512, 1)
+    for row in range(512):
+        t = int(batch.obs[row, 0])
+        k = _expected_window(t, 3, starts, ends, written)
+        assert int(batch.window_length[row]) == k
+        assert batch.window_rewards[row].tolist() == [float(t + i) if i < k else 0.0 for i in range(3)]
+        last = t + k - 1
+        assert float(batch.window_next_obs[row, 0]) == last + 0.5
+        # only the terminated episode's final step is a terminal; a truncation bootstraps
+        assert float(batch.window_dones[row]) == float(last == 4)
+    assert {int(t) for t in batch.obs[:, 0]} == set(range(12))  # every start was drawn
+
+
+def test_n_step_window_never_reads_past_the_newest_slot_of_a_full_ring() -> None:
+    buffer = ReplayBuffer(10, (3,), (2,), seed=5)
+    _episodes(buffer, [25], [False])  # one long episode; slots now hold steps 15..24
+    batch = buffer.sample(256, n_step=4)
+    t = batch.obs[:, 0]
+    expected = torch.clamp(24 - t + 1, max=4)
+    assert torch.equal(batch.window_length[:, 0], expected)
+    assert torch.equal(batch.window_next_obs[:, 0], t + expected - 1 + 0.5)
+
+
+def test_one_step_sampling_has_no_window() -> None:
+    buffer = ReplayBuffer(20, (3,), (2,))
+    fill(buffer, 10)
+    assert buffer.sample(4).window_rewards is None

@@ -20,7 +20,7 @@ import torch
 from toolkit.agent import Batch
 from toolkit.errors import ToolkitError
 from toolkit.training import evaluate_run, resume_training, start_training
-from toolkit_dqn.dqn import DQN, NStepBatch, QNetwork, make_dqn_icm
+from toolkit_dqn.dqn import DQN, QNetwork, make_dqn_icm
 from toolkit_dqn.spec import DQNConfig, DQNICMConfig
 
 torch.set_num_threads(1)
@@ -101,7 +101,7 @@ def test_n_step_target_sums_discounted_rewards_and_bootstraps_after_k_steps() ->
     _constant_q(agent.q, [0.0, 4.0, 1.0])
     _constant_q(agent.q_target, [8.0, 4.0, 0.0])
     zeros = torch.zeros(2, 4)
-    batch = NStepBatch(
+    batch = Batch(
         zeros, torch.tensor([0, 1]), torch.tensor([[1.0], [1.0]]), zeros, torch.zeros(2, 1), None,
         window_rewards=torch.tensor([[1.0, 2.0, 4.0], [1.0, 2.0, 0.0]]),  # second window cut after 2 steps
         window_next_obs=zeros,
@@ -217,7 +217,7 @@ def test_dqn_icm_updates_and_reports_both_rewards() -> None:
 
 def test_config_validation() -> None:
     for bad in ({"tau": 0.0}, {"gamma": 1.5}, {"exploration_final_eps": 2.0}, {"target_update_interval": 0},
-                {"n_step": 0}, {"n_step": 3}, {"lr_final": 1.0}):
+                {"n_step": 0}, {"lr_final": 1.0}):
         with pytest.raises(ValueError):
             DQNConfig(**bad).validate()
     DQNConfig().validate()
@@ -230,9 +230,23 @@ def test_dqn_on_a_continuous_env_names_agents_that_fit(cli, tmp_path: Path) -> N
     assert not (tmp_path / "r").exists()
 
 
-def test_n_step_above_one_is_refused_with_a_reason(cli, tmp_path: Path) -> None:
-    result = cli("train", "dqn", "--env", "CartPole-v1", "--set", "n_step=3", "--run-dir", tmp_path / "r")
-    assert_clean_error(result, "Invalid config", "n_step")
+def test_n_step_run_trains_on_windows_from_the_replay_buffer(tmp_path: Path, monkeypatch) -> None:
+    """With n_step=3 every batch the loop hands the agent carries a window of at most 3 steps."""
+    seen: list[Batch] = []
+    original = DQN.update
+
+    def recording_update(self: DQN, batch: Batch) -> dict[str, torch.Tensor]:
+        seen.append(batch)
+        return original(self, batch)
+
+    monkeypatch.setattr(DQN, "update", recording_update)
+    start_training("dqn", "CartPole-v1", steps=300, run_dir=tmp_path / "r", seed=0, device="cpu", progress=False,
+                   checkpoint_every=0, log_every=100,
+                   set_items=["n_step=3", "learning_starts=100", "batch_size=32", "hidden_sizes=16", "train_every=50"])
+    assert len(seen) == 10  # trained at steps 100, 150, ..., 300, 2 updates each
+    lengths = torch.cat([b.window_length for b in seen])
+    assert lengths.min() >= 1 and lengths.max() == 3
+    assert all(b.window_rewards.shape == (32, 3) for b in seen)
 
 
 def test_atari_id_without_ale_py_says_what_to_install(monkeypatch) -> None:

@@ -5,6 +5,7 @@ minibatch check at the command line, and updates on real rollouts."""
 from __future__ import annotations
 
 import io
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -310,3 +311,20 @@ def test_ppo_handles_complete_episodes_with_padding(tmp_path: Path) -> None:
     assert (rollout.mask == 0).any()
     metrics = agent.update(rollout)
     assert all(torch.isfinite(v) for v in metrics.values())
+
+
+def test_lunar_lander_trains_evaluates_and_resumes_from_the_command_line(cli, tmp_path: Path) -> None:
+    """Box2D's LunarLander-v3 works out of the box with the box2d extra (issue: it must)."""
+    run = tmp_path / "lunar"
+    small = ["--set", "num_envs=2", "--set", "rollout_steps=64", "--set", "minibatch_size=32", "--set", "hidden_sizes=16"]
+    trained = cli("train", "ppo", "--env", "LunarLander-v3", "--steps", "256", "--run-dir", run, "--no-progress", *small)
+    assert trained.exit_code == 0, trained.output
+    assert (run / "checkpoints").is_dir() and (run / "metrics.jsonl").exists()
+    evaluated = cli("eval", run, "--episodes", "1")
+    assert evaluated.exit_code == 0, evaluated.output
+    assert "return" in evaluated.output.lower()
+    resumed = cli("resume", run, "--steps", "512", "--no-progress")
+    assert resumed.exit_code == 0, resumed.output
+    checkpoint = torch.load(run / "checkpoints" / "latest.pt", weights_only=True)
+    assert checkpoint["counters"]["step"] == 512
+    assert any(json.loads(line)["kind"] == "episode" for line in (run / "metrics.jsonl").read_text().splitlines())

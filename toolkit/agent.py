@@ -14,7 +14,6 @@ import numpy as np
 import torch
 
 
-
 class Batch(NamedTuple):
     """A minibatch of transitions, all tensors on the learner's device.
 
@@ -23,6 +22,15 @@ class Batch(NamedTuple):
     ``k`` observations ending at ``obs`` (shape ``[B, k, *obs_shape]``) when an agent asks
     for history through :attr:`Agent.history_length`; earlier steps of the same episode
     are repeated at an episode's start.
+
+    When an agent asks for n-step returns through :attr:`Agent.n_step`, the batch also holds
+    the window of up to ``n`` steps starting at each transition, cut short where the episode
+    ended (by termination or truncation) or where the stored data ends:
+
+    * ``window_rewards`` ``[B, n]``: ``r_t, ..., r_{t+k-1}``, then zeros (``1 <= k <= n``);
+    * ``window_next_obs``: ``s_{t+k}``, the successor of the window's last step;
+    * ``window_dones`` ``[B, 1]``: 1.0 where the window's last step *terminated* the episode;
+    * ``window_length`` ``[B, 1]``: ``k`` as a float.
     """
 
     obs: torch.Tensor
@@ -31,6 +39,10 @@ class Batch(NamedTuple):
     next_obs: torch.Tensor
     dones: torch.Tensor
     obs_history: torch.Tensor | None = None
+    window_rewards: torch.Tensor | None = None
+    window_next_obs: torch.Tensor | None = None
+    window_dones: torch.Tensor | None = None
+    window_length: torch.Tensor | None = None
 
 
 class Rollout(NamedTuple):
@@ -62,6 +74,8 @@ class Agent(ABC):
 
     #: Observations of history the agent needs in each batch (1 = just the current one).
     history_length: int = 1
+    #: Length of the reward window each replay batch carries (1 = plain one-step transitions).
+    n_step: int = 1
 
     def __init__(self) -> None:
         self.checkpointed: dict[str, Any] = {}

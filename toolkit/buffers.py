@@ -18,7 +18,8 @@ class ReplayBuffer:
     """A ring buffer of transitions ``(obs, action, reward, next_obs, done)``.
 
     Alongside each transition it keeps the step's index within its episode, which lets
-    :meth:`sample` return a history of the last ``k`` observations without storing stacks.
+    :meth:`sample` return a history of the last ``k`` observations, or the window of the next
+    ``n`` steps for n-step returns, without storing stacks or windows.
     """
 
     def __init__(
@@ -91,8 +92,9 @@ class ReplayBuffer:
         self.pos = (self.pos + 1) % self.capacity
         self.size = min(self.size + 1, self.capacity)
 
-    def sample(self, batch_size: int, history: int = 1) -> Batch:
-        """A uniform minibatch; with ``history > 1`` also the observation history."""
+    def sample(self, batch_size: int, history: int = 1, n_step: int = 1) -> Batch:
+        """A uniform minibatch; with ``history > 1`` also the observation history, with
+        ``n_step > 1`` also the n-step window (see :class:`~toolkit.agent.Batch`)."""
         idx = torch.randint(0, self.size, (batch_size,), device=self.device, generator=self.generator)
         obs_history = None
         if history > 1:
@@ -100,8 +102,32 @@ class ReplayBuffer:
             back = torch.arange(history - 1, -1, -1, device=self.device)
             back = torch.minimum(back.unsqueeze(0), self.episode_step[idx].unsqueeze(1))
             obs_history = self.obs[(idx.unsqueeze(1) - back) % self.capacity]
-        return Batch(
+        batch = Batch(
             self.obs[idx], self.actions[idx], self.rewards[idx], self.next_obs[idx], self.dones[idx], obs_history
+        )
+        return self._with_window(batch, idx, n_step) if n_step > 1 else batch
+
+    def _with_window(self, batch: Batch, idx: torch.Tensor, n: int) -> Batch:
+        """Attach the n-step window starting at each sampled index.
+
+        Step ``t + i`` belongs to the window when it was stored after ``t`` (not past the write
+        head, so never a stale slot the ring has not overwritten yet) and continues the same
+        episode: its ``episode_step`` is ``t``'s plus ``i``. A new episode starts at
+        ``episode_step`` 0, so that test ends a window at termination and at truncation alike,
+        and a window once broken stays broken (cumulative product).
+        """
+        offsets = torch.arange(n, device=self.device)
+        slots = (idx.unsqueeze(1) + offsets) % self.capacity  # [B, n]
+        stored_after = (self.pos - 1 - idx) % self.capacity  # transitions written after t
+        same_episode = self.episode_step[slots] == self.episode_step[idx].unsqueeze(1) + offsets
+        valid = (same_episode & (offsets <= stored_after.unsqueeze(1))).long().cumprod(dim=1)
+        length = valid.sum(dim=1)  # k >= 1: offset 0 always passes
+        last = slots.gather(1, (length - 1).unsqueeze(1)).squeeze(1)
+        return batch._replace(
+            window_rewards=self.rewards[slots].squeeze(-1) * valid,
+            window_next_obs=self.next_obs[last],
+            window_dones=self.dones[last],
+            window_length=length.unsqueeze(1).float(),
         )
 
     def state_dict(self) -> dict[str, Any]:

@@ -151,6 +151,9 @@ class CuriousAgent(Agent):
         self.config = config
         self.icm = ICM(observation_space, action_space, config).to(device)
         self.history_length = max(agent.history_length, config.frame_stack)
+        # The bonus is paid on each batch's first transition (``rewards``); later rewards of an
+        # n-step window stay extrinsic, a bias that shrinks with gamma^i.
+        self.n_step = agent.n_step
         if any(isinstance(p, nn.parameter.UninitializedParameter) for p in self.icm.parameters()):
             with torch.no_grad():  # materialise lazy layers before the optimiser sees them
                 sample = torch.as_tensor(observation_space.sample()[None], device=device)

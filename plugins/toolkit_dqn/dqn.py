@@ -17,9 +17,10 @@ Refinements, each a config option:
   Q_theta(s', a'))``, which removes most of max's overestimation bias.
 * Dueling head (Wang et al. 2016): ``Q(s, a) = V(s) + A(s, a) - mean_a' A(s, a')``.
 * n-step returns (Sutton 1988; Hessel et al. 2018): ``y = sum_{i<k} gamma^i r_{t+i} +
-  gamma^k (1 - done) Q'(s_{t+k}, .)`` with ``k <= n`` cut short at an episode's end. The target
-  is computed here from an :class:`NStepBatch`; the framework's replay buffer samples 1-step
-  transitions, so the config refuses ``n_step > 1`` until the loop can hand such batches over.
+  gamma^k (1 - done) Q'(s_{t+k}, .)`` with ``k <= n`` cut short at an episode's end. The agent
+  sets :attr:`~toolkit.agent.Agent.n_step` and the framework's replay buffer hands it the
+  window (``Batch.window_*``). The window's later steps were chosen by an older policy; like
+  Rainbow, DQN does not correct for that.
 
 Observations: vectors go through an MLP; images (``uint8``, channels first as Atari frame
 stacks are, or channels last) go through the Nature-DQN convolutional encoder, scaled by 1/255
@@ -33,8 +34,6 @@ so the update can be wrapped in ``torch.compile`` or captured in a CUDA graph.
 from __future__ import annotations
 
 import copy
-from typing import NamedTuple
-
 import gymnasium as gym
 import torch
 import torch.nn.functional as F
@@ -45,31 +44,6 @@ from toolkit.curiosity import CuriousAgent
 from toolkit.errors import ToolkitError
 from toolkit.networks import fast_adam_options, mlp
 from toolkit_dqn.spec import DQNConfig, DQNICMConfig
-
-
-class NStepBatch(NamedTuple):
-    """A :class:`~toolkit.agent.Batch` plus the n-step window starting at each transition.
-
-    The first six fields mean what they mean in ``Batch`` (``rewards`` is ``r_t``). The window
-    covers steps ``t .. t+k-1`` with ``1 <= k <= n``, cut short where the episode ends (by
-    termination or truncation) or the stored data does:
-
-    * ``window_rewards`` ``[B, n]``: ``r_t, ..., r_{t+k-1}``, then zeros;
-    * ``window_next_obs`` ``[B, *obs_shape]``: ``s_{t+k}``, the successor of the window's last step;
-    * ``window_dones`` ``[B, 1]``: 1.0 where the window's last step *terminated* the episode;
-    * ``window_length`` ``[B, 1]``: ``k`` as a float.
-    """
-
-    obs: torch.Tensor
-    actions: torch.Tensor
-    rewards: torch.Tensor
-    next_obs: torch.Tensor
-    dones: torch.Tensor
-    obs_history: torch.Tensor | None = None
-    window_rewards: torch.Tensor | None = None
-    window_next_obs: torch.Tensor | None = None
-    window_dones: torch.Tensor | None = None
-    window_length: torch.Tensor | None = None
 
 
 # --- networks ---------------------------------------------------------------------------------
@@ -183,7 +157,7 @@ class DQN(Agent):
         self.device = torch.device(device)
         self.n_actions = int(action_space.n)
         self.action_start = int(action_space.start)  # Discrete(n, start=s) acts in s..s+n-1
-        #: Read by a loop that supports n-step sampling (see :class:`NStepBatch`).
+        # The replay buffer attaches an n-step window to each batch when this is above 1.
         self.n_step = config.n_step
 
         self.q = QNetwork(observation_space, self.n_actions, config).to(self.device)
@@ -241,7 +215,7 @@ class DQN(Agent):
     # --- learning -----------------------------------------------------------------------------
 
     @torch.no_grad()
-    def td_target(self, batch: Batch | NStepBatch) -> torch.Tensor:
+    def td_target(self, batch: Batch) -> torch.Tensor:
         """The bootstrapped target ``y = R + gamma^k (1 - done) Q_theta'(s_{t+k}, a*)``, ``[B, 1]``.
 
         ``a* = argmax_a Q_theta(s_{t+k}, a)`` with Double DQN, ``argmax_a Q_theta'(s_{t+k}, a)``
@@ -251,7 +225,7 @@ class DQN(Agent):
         rewards = batch.rewards.clamp(-1.0, 1.0) if cfg.clip_rewards else batch.rewards
 
         # What to bootstrap from: (s', gamma, done) for 1-step, (s_{t+k}, gamma^k, done_k) for n-step.
-        window = getattr(batch, "window_rewards", None)
+        window = batch.window_rewards
         if window is None:
             returns, bootstrap_obs, dones = rewards, batch.next_obs, batch.dones
             discount = torch.full_like(rewards, cfg.gamma)
@@ -273,7 +247,7 @@ class DQN(Agent):
         next_value = next_q_target.gather(-1, next_action)
         return returns + discount * (1.0 - dones) * next_value
 
-    def update(self, batch: Batch | NStepBatch) -> dict[str, torch.Tensor]:
+    def update(self, batch: Batch) -> dict[str, torch.Tensor]:
         """One gradient step on the Huber loss to the (Double, n-step) Bellman target."""
         cfg = self.config
         actions = (batch.actions.long() - self.action_start).reshape(-1, 1)

@@ -60,7 +60,7 @@ class DQNConfig(OffPolicyConfig):
         True, "Double DQN (van Hasselt et al. 2016): the online network picks the next action, the target network values it."
     )
     n_step: int = option(
-        1, "Steps of reward summed before bootstrapping (n-step returns); the off-policy loop currently samples 1-step transitions only."
+        1, "Steps of reward summed before bootstrapping (n-step returns, cut short at an episode's end); 1 is plain one-step DQN."
     )
     target_update_interval: int = option(
         1, "Gradient steps between target-network updates (e.g. 1000 with tau=1 for Nature DQN's periodic hard copies)."
@@ -104,13 +104,6 @@ class DQNConfig(OffPolicyConfig):
             raise ValueError("dueling needs at least one hidden layer to split into value and advantage streams")
         if self.n_step < 1:
             raise ValueError(f"n_step must be >= 1, got {self.n_step}")
-        if self.n_step > 1:
-            # The agent computes n-step targets from batches that carry n-step windows
-            # (toolkit_dqn.dqn.NStepBatch), but the framework's replay buffer samples
-            # 1-step transitions, so a larger n would silently train 1-step.
-            raise ValueError(
-                "n_step > 1 needs n-step replay sampling, which this toolkit's off-policy loop does not provide yet; use n_step=1"
-            )
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ import torch
 
 from toolkit.agent import Rollout
 from toolkit_pg.policies import PolicyGradientAgent
-from toolkit_pg.returns import discounted_returns, explained_variance, gae, masked_mean, standardize
+from toolkit_pg.returns import discounted_returns, gae, standardize
 from toolkit_pg.spec import A2CConfig
 
 
@@ -58,20 +58,7 @@ class A2C(PolicyGradientAgent):
             if cfg.normalize_advantage:
                 advantages = standardize(advantages, mask)
 
-        policy_loss = -masked_mean(advantages * log_prob, mask)
-        value_loss = masked_mean((returns - values).pow(2), mask)
-        entropy_mean = masked_mean(entropy, mask)
-        loss = policy_loss + cfg.vf_coef * value_loss - cfg.ent_coef * entropy_mean
-        grad_norm = self.gradient_step(loss)
-        self.end_update(rollout)
-
-        return {
-            "policy_loss": policy_loss.detach(),
-            "value_loss": value_loss.detach(),
-            "entropy": entropy_mean.detach(),
-            "explained_variance": explained_variance(values.detach(), returns, mask),
-            "grad_norm": grad_norm.detach(),
-        }
+        return self.vanilla_policy_gradient_step(rollout, advantages, returns, log_prob, entropy, values)
 
 
 def make_a2c(config: A2CConfig, observation_space: gym.Space, action_space: gym.Space, device: str) -> A2C:

@@ -28,6 +28,7 @@ from torch import nn
 from toolkit.agent import Agent, Rollout
 from toolkit.errors import ToolkitError
 from toolkit.networks import fast_adam_options
+from toolkit_pg.returns import explained_variance, masked_mean
 from toolkit_pg.spec import PolicyGradientConfig
 
 HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
@@ -238,6 +239,36 @@ class PolicyGradientAgent(Agent):
             norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in self._params if p.grad is not None]))
         self.optimizer.step()
         return norm
+
+    def vanilla_policy_gradient_step(
+        self,
+        rollout: Rollout,
+        advantages: torch.Tensor,
+        returns: torch.Tensor,
+        log_prob: torch.Tensor,
+        entropy: torch.Tensor,
+        values: torch.Tensor,
+    ) -> dict[str, torch.Tensor]:
+        """One gradient step of the loss REINFORCE and A2C share, then :meth:`end_update`:
+
+            L = - E[ A_t log pi(a_t|s_t) ] + c_v E[ (R_t - V(s_t))^2 ] - beta E[ H(pi(.|s_t)) ]
+
+        i.e. ascend the advantage-weighted log-likelihood, fit the critic (or baseline) to the
+        return by least squares, and keep entropy up. Returns the loss terms for logging."""
+        cfg = self.config
+        mask = rollout.mask
+        policy_loss = -masked_mean(advantages * log_prob, mask)
+        value_loss = masked_mean((returns - values).pow(2), mask)
+        entropy_mean = masked_mean(entropy, mask)
+        grad_norm = self.gradient_step(policy_loss + cfg.vf_coef * value_loss - cfg.ent_coef * entropy_mean)
+        self.end_update(rollout)
+        return {
+            "policy_loss": policy_loss.detach(),
+            "value_loss": value_loss.detach(),
+            "entropy": entropy_mean.detach(),
+            "explained_variance": explained_variance(values.detach(), returns, mask),
+            "grad_norm": grad_norm.detach(),
+        }
 
     def end_update(self, rollout: Rollout) -> None:
         """After learning from a rollout: advance the lr schedule and fold the rollout's

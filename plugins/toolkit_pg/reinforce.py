@@ -50,20 +50,9 @@ class Reinforce(PolicyGradientAgent):
             advantages = standardize(advantages, mask)
 
         # Maximise sum_t (G_t - b(s_t)) log pi(a_t|s_t) + beta H; fit b(s_t) to G_t by least squares.
-        policy_loss = -masked_mean(advantages * log_prob, mask)
-        value_loss = masked_mean((returns - values).pow(2), mask)
-        entropy_mean = masked_mean(entropy, mask)
-        loss = policy_loss + cfg.vf_coef * value_loss - cfg.ent_coef * entropy_mean
-        grad_norm = self.gradient_step(loss)
-        self.end_update(rollout)
-
-        return {
-            "policy_loss": policy_loss.detach(),
-            "value_loss": value_loss.detach(),
-            "entropy": entropy_mean.detach(),
-            "return_mean": masked_mean(returns, mask),
-            "grad_norm": grad_norm.detach(),
-        }
+        metrics = self.vanilla_policy_gradient_step(rollout, advantages, returns, log_prob, entropy, values)
+        metrics["return_mean"] = masked_mean(returns, mask)
+        return metrics
 
 
 def make_reinforce(config: ReinforceConfig, observation_space: gym.Space, action_space: gym.Space, device: str) -> Reinforce:

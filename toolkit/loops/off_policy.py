@@ -91,7 +91,9 @@ class OffPolicyLoop(TrainingLoop):
 
             if self.step >= cfg.learning_starts and self.step % cfg.train_every == 0:
                 for _ in range(cfg.updates_per_step):
-                    batch = self.buffer.sample(cfg.batch_size, history=self.agent.history_length)
+                    batch = self.buffer.sample(
+                        cfg.batch_size, history=self.agent.history_length, n_step=self.agent.n_step
+                    )
                     self.accumulate(self.agent.update(batch))
                     self.updates += 1
 
