@@ -146,6 +146,11 @@ def describe(agent: Annotated[str, typer.Argument(help="Agent name, as listed by
     console.print(table)
 
 
+from toolkit.dataset_cli import dataset_app  # noqa: E402  (cheap: no torch at import)
+
+app.add_typer(dataset_app, name="dataset", help="Collect offline datasets from trained runs and inspect them.")
+
+
 def main() -> None:
     """Console-script entry point."""
     try:
