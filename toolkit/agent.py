@@ -90,6 +90,14 @@ class Agent(ABC):
         Returns scalar metrics as tensors: the framework decides when to read them, so the
         update never waits on the device."""
 
+    def start_episode(self) -> None:
+        """Called before the first :meth:`act` of every evaluation episode. Memoryless agents
+        ignore it; sequence models clear their context here."""
+
+    def record_reward(self, reward: float) -> None:
+        """Called after every evaluation step with the reward the last action earned
+        (return-conditioned models count their return-to-go down with it)."""
+
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to continue exactly, as tensors and plain Python values."""
         out: dict[str, Any] = {}

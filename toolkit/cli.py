@@ -36,26 +36,27 @@ def _fail(exc: ToolkitError) -> None:
 def train(
     agent: Annotated[str, typer.Argument(help="Agent name, as listed by `toolkit list`.")],
     env: Annotated[str, typer.Option("--env", "-e", help="Gymnasium environment id, e.g. Hopper-v4.")],
-    steps: Annotated[Optional[int], typer.Option(help="Environment steps to train (default: the agent's).")] = None,
+    steps: Annotated[Optional[int], typer.Option(help="Environment steps to train; gradient steps for offline agents (default: the agent's).")] = None,
     seed: Annotated[int, typer.Option(help="Random seed of env, networks and sampling.")] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     config: Annotated[Optional[Path], typer.Option("--config", help="YAML file of agent settings.")] = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override one agent setting: key=value (repeatable).")] = None,
     run_dir: Annotated[Optional[Path], typer.Option(help="Run directory (default: runs/<agent>/<env>/<time>-s<seed>).")] = None,
-    eval_every: Annotated[int, typer.Option(help="Evaluate every N steps (0: never).")] = 0,
+    eval_every: Annotated[int, typer.Option(help="Evaluate every N steps (0: never; offline agents: 10 times a run).")] = 0,
     eval_episodes: Annotated[int, typer.Option(help="Episodes per periodic evaluation.")] = 5,
     checkpoint_every: Annotated[int, typer.Option(help="Checkpoint every N steps (and always at the end).")] = 10_000,
     log_every: Annotated[int, typer.Option(help="Write training metrics every N steps.")] = 1_000,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = True,
+    dataset: Annotated[Optional[str], typer.Option(help="Offline agents: a D4RL HDF5 file or Minari dataset to learn from.")] = None,
 ) -> None:
-    """Train AGENT on an environment and write a run directory."""
+    """Train AGENT on an environment (online) or on a dataset evaluated in it (offline)."""
     from toolkit.training import start_training
 
     try:
         path, result = start_training(
             agent, env, steps, seed, device, config, set_, run_dir, eval_every=eval_every,
             eval_episodes=eval_episodes, checkpoint_every=checkpoint_every, log_every=log_every,
-            progress=progress,
+            progress=progress, dataset=dataset,
         )
     except ToolkitError as exc:
         _fail(exc)

@@ -70,3 +70,33 @@ class CuriosityConfig:
             raise ValueError(f"curiosity.frame_stack must be >= 1, got {self.frame_stack}")
         if self.feature_dim <= 0 or self.hidden_size <= 0:
             raise ValueError("curiosity.feature_dim and curiosity.hidden_size must be positive")
+
+
+@dataclass(frozen=True)
+class OfflineConfig:
+    """Settings every offline agent shares; the framework's loop and normaliser read them."""
+
+    batch_size: int = option(64, "Windows (sequences of context_length steps) per gradient step.")
+    lr: float = option(1e-4, "AdamW learning rate.")
+    weight_decay: float = option(1e-4, "AdamW weight decay.")
+    warmup_steps: int = option(1_000, "Gradient steps of linear learning-rate warm-up from 0.")
+    max_grad_norm: float | None = option(0.25, "Clip the gradient's global norm to this value; none disables clipping.")
+    target_return: float | None = option(
+        None, "Return an evaluation episode is conditioned on (return-conditioned models); none: the dataset's best."
+    )
+    return_scale: float | None = option(
+        None, "Returns-to-go are divided by this; none: the largest absolute episode return in the dataset."
+    )
+
+    def validate(self) -> None:
+        """Raise ValueError for settings that cannot work."""
+        if self.batch_size <= 0:
+            raise ValueError(f"batch_size must be positive, got {self.batch_size}")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be positive, got {self.lr}")
+        if self.weight_decay < 0 or self.warmup_steps < 0:
+            raise ValueError("weight_decay and warmup_steps must be >= 0")
+        if self.max_grad_norm is not None and self.max_grad_norm <= 0:
+            raise ValueError(f"max_grad_norm must be positive or none, got {self.max_grad_norm}")
+        if self.return_scale is not None and self.return_scale <= 0:
+            raise ValueError(f"return_scale must be positive or none, got {self.return_scale}")

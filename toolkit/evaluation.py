@@ -59,8 +59,13 @@ def evaluate(
     returns: list[float] = []
     lengths: list[int] = []
     frames: list[np.ndarray] = []
+    # Any object with ``act`` can be evaluated (benchmarks pass other libraries' policies);
+    # the episode hooks of toolkit agents are used when present.
+    start_episode = getattr(agent, "start_episode", lambda: None)
+    record_reward = getattr(agent, "record_reward", lambda reward: None)
     for episode in range(episodes):
         obs, _ = env.reset(seed=seed + episode)
+        start_episode()
         done, total, length = False, 0.0, 0
         record = video_path is not None and episode == 0
         while not done:
@@ -68,6 +73,7 @@ def evaluate(
                 frames.append(_render(env, env_id))
             action = agent.act(observation_tensor(obs, device), deterministic=True)[0].cpu().numpy()
             obs, reward, terminated, truncated, _ = env.step(action)
+            record_reward(float(reward))
             total += float(reward)
             length += 1
             done = terminated or truncated

@@ -49,6 +49,8 @@ class RunSettings:
     log_every: int = 1_000
     agent_config: dict[str, Any] = field(default_factory=dict)
     toolkit_version: str = ""
+    #: The dataset an offline agent trains on (absolute path or Minari id); None for online agents.
+    dataset: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)

@@ -62,7 +62,8 @@ class Session:
     device: Any
 
 
-def _build(settings: RunSettings, config: Any, spec: AgentSpec) -> tuple[Any, Any]:
+def _session(settings: RunSettings, config: Any, spec: AgentSpec) -> Session:
+    """Build the agent for ``settings.env`` on the chosen device, seeded."""
     import torch
 
     device = resolve_device(settings.device)
@@ -71,7 +72,7 @@ def _build(settings: RunSettings, config: Any, spec: AgentSpec) -> tuple[Any, An
     check_agent_fits(spec, settings.env, env)
     agent = spec.build(config, env.observation_space, env.action_space, str(device))
     env.close()
-    return agent, device
+    return Session(settings, spec, config, agent, device)
 
 
 def start_training(
@@ -89,25 +90,67 @@ def start_training(
     checkpoint_every: int = 10_000,
     log_every: int = 1_000,
     progress: bool = True,
+    dataset: str | Path | None = None,
 ) -> tuple[Path, Any]:
-    """Check everything, create the run directory, train. Returns the run dir and loop result."""
+    """Check everything, create the run directory, train. Returns the run dir and loop result.
+
+    Offline agents need ``dataset`` (a D4RL HDF5 file or a Minari dataset) and count ``steps``
+    in gradient steps; online agents count environment steps and refuse a dataset. Offline
+    runs evaluate ten times over the run unless ``eval_every`` says otherwise."""
     if steps is not None and steps <= 0:
-        raise ToolkitError(f"--steps must be a positive number of environment steps, got {steps}.")
+        raise ToolkitError(f"--steps must be a positive number of steps, got {steps}.")
     spec = registry.agent(agent)
-    _check_trainable(spec)
+    _check_dataset_option(spec, dataset)
     config = build_config(spec, config_file, set_items)
     check_env_id(env)
+    total = steps or spec.default_steps
+    if spec.kind == "offline" and eval_every == 0:
+        eval_every = max(1, total // 10)
     settings = RunSettings(
-        agent=agent, env=env, seed=seed, steps=steps or spec.default_steps, device=device,
+        agent=agent, env=env, seed=seed, steps=total, device=device,
         eval_every=eval_every, eval_episodes=eval_episodes, checkpoint_every=checkpoint_every,
         log_every=log_every, agent_config=to_dict(config), toolkit_version=__version__,
+        dataset=_dataset_reference(dataset),
     )
     if run_dir is not None and run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
         create_run_dir(run_dir)  # raises before any work is done
-    agent_obj, dev = _build(settings, config, spec)
+    session = _session(settings, config, spec)
+    data = _load_checked_dataset(session) if spec.kind == "offline" else None
     path = create_run_dir(run_dir or default_run_dir(runs_root, agent, env, seed))
     save_settings(path, settings)
-    return path, _loop(Session(settings, spec, config, agent_obj, dev), path, progress).run(settings.steps)
+    return path, _loop(session, path, progress, data).run(settings.steps)
+
+
+def _check_dataset_option(spec: AgentSpec, dataset: str | Path | None) -> None:
+    if spec.kind == "offline" and dataset is None:
+        raise ToolkitError(
+            f"Agent '{spec.name}' learns offline from a dataset; pass --dataset FILE "
+            "(make one with `toolkit dataset collect`)."
+        )
+    if spec.kind != "offline" and dataset is not None:
+        raise ToolkitError(f"Agent '{spec.name}' is {spec.kind} and learns from its own experience; drop --dataset.")
+
+
+def _dataset_reference(dataset: str | Path | None) -> str | None:
+    """A file is recorded by absolute path, so `toolkit resume` finds it from any directory;
+    anything else (a Minari dataset id) as given."""
+    if dataset is None:
+        return None
+    path = Path(dataset)
+    return str(path.resolve()) if path.exists() else str(dataset)
+
+
+def _load_checked_dataset(session: Session) -> Any:
+    from toolkit.data import check_dataset_fits, load_dataset
+
+    assert session.settings.dataset is not None
+    data = load_dataset(session.settings.dataset)
+    env = make_env(session.settings.env)
+    try:
+        check_dataset_fits(data, env)
+    finally:
+        env.close()
+    return data
 
 
 def open_run(run_dir: Path) -> Session:
@@ -115,8 +158,7 @@ def open_run(run_dir: Path) -> Session:
     settings = load_settings(run_dir)
     spec = registry.agent(settings.agent)
     config = from_dict(spec.config, settings.agent_config)
-    agent, device = _build(settings, config, spec)
-    return Session(settings, spec, config, agent, device)
+    return _session(settings, config, spec)
 
 
 def resume_training(run_dir: Path, steps: int | None = None, progress: bool = True) -> tuple[Path, Any]:
@@ -130,7 +172,8 @@ def resume_training(run_dir: Path, steps: int | None = None, progress: bool = Tr
             f"{run_dir} has already trained {done} steps; pass --steps larger than {done} to train further."
         )
     session.settings.steps = target
-    loop = _loop(session, run_dir, progress)
+    data = _load_checked_dataset(session) if session.spec.kind == "offline" else None
+    loop = _loop(session, run_dir, progress, data)
     try:
         loop.load_state_dict(state)
     except (KeyError, ValueError, RuntimeError, TypeError) as exc:
@@ -139,21 +182,24 @@ def resume_training(run_dir: Path, steps: int | None = None, progress: bool = Tr
     return run_dir, loop.run(target)
 
 
-def _check_trainable(spec: AgentSpec) -> None:
-    if spec.kind not in ("off-policy", "on-policy"):
-        raise ToolkitError(f"Agent '{spec.name}' is {spec.kind}; this toolkit version trains off- and on-policy agents only.")
+def _loop(session: Session, run_dir: Path, progress: bool, dataset: Any = None) -> Any:
+    """The training loop of the agent's kind."""
+    kind = session.spec.kind
+    args = (session.agent, session.config, session.settings, lambda: make_env(session.settings.env),
+            run_dir, session.device)
+    if kind == "offline":
+        from toolkit.loops.offline import OfflineLoop
 
+        return OfflineLoop(*args, dataset=dataset, progress=progress)
+    if kind == "on-policy":
+        from toolkit.loops.on_policy import OnPolicyLoop
 
-def _loop(session: Session, run_dir: Path, progress: bool) -> Any:
-    _check_trainable(session.spec)
-    if session.spec.kind == "on-policy":
-        from toolkit.loops.on_policy import OnPolicyLoop as Loop
-    else:
-        from toolkit.loops.off_policy import OffPolicyLoop as Loop  # type: ignore[assignment]
-    return Loop(
-        session.agent, session.config, session.settings, lambda: make_env(session.settings.env),
-        run_dir, session.device, progress=progress,
-    )
+        return OnPolicyLoop(*args, progress=progress)
+    if kind == "off-policy":
+        from toolkit.loops.off_policy import OffPolicyLoop
+
+        return OffPolicyLoop(*args, progress=progress)
+    raise ToolkitError(f"Agent '{session.spec.name}' has kind '{kind}', which this toolkit cannot train.")
 
 
 def evaluate_run(

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from toolkit.agent import Agent
-from toolkit.evaluation import evaluate
+from toolkit.evaluation import EvalResult, evaluate
 from toolkit.progress import TrainingProgress
 from toolkit.runs import CHECKPOINT, MetricsLogger, RunSettings, save_checkpoint
 
@@ -143,13 +143,20 @@ class TrainingLoop:
         self.logger.log(self.step, "train", values)
         self._metric_sums, self._metric_count = {}, 0
 
-    def _evaluate(self) -> None:
+    def _evaluate(self) -> EvalResult:
         assert self.logger is not None
+        from toolkit.data import normalized_score
+
         if self._eval_env is None:
             self._eval_env = self.make_env()
         result = evaluate(self.agent, self.settings.env, self.settings.eval_episodes,
                           seed=self.settings.seed + 1_000_000, device=self.device, env=self._eval_env)
-        self.logger.log(self.step, "eval", {"return_mean": result.mean, "return_std": result.std})
+        values = {"return_mean": result.mean, "return_std": result.std}
+        score = normalized_score(self.settings.env, result.mean)
+        if score is not None:  # D4RL's normalised score, for envs with published references
+            values["normalized_score"] = float(score)
+        self.logger.log(self.step, "eval", values)
+        return result
 
     @property
     def stop_requested(self) -> bool:

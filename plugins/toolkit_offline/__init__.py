@@ -1,0 +1,1 @@
+"""First-party offline learners: behaviour cloning, the decision-LSTM and the decision transformer."""
