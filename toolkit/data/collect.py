@@ -37,7 +37,7 @@ def collect_dataset(
     """
     if quality not in QUALITIES:
         raise ToolkitError(f"Unknown dataset quality '{quality}'; use one of: {', '.join(QUALITIES)}.")
-    if quality != "replay" and steps <= 0:
+    if steps < 0 or (quality != "replay" and steps == 0):
         raise ToolkitError(f"--steps must be a positive number of environment steps, got {steps}.")
     if not 0.0 <= noise <= 1.0:
         raise ToolkitError(f"--noise must be between 0 and 1, got {noise}.")
@@ -109,7 +109,7 @@ def _rollout(
     from toolkit.progress import TrainingProgress
 
     env = make_env(env_id)
-    if session is not None:
+    if session is not None and env_id != session.settings.env:
         _check_run_fits(session, env, env_id)
     actor = _Actor(session, env.action_space, noise, seed)
     rows: dict[str, list[Any]] = {k: [] for k in ("obs", "next", "act", "rew", "term", "trunc")}

@@ -13,6 +13,7 @@ Datasets live under Minari's root directory, ``$MINARI_DATASETS_PATH`` or
 from __future__ import annotations
 
 import os
+import shutil
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -127,19 +128,26 @@ def write_minari(dataset: OfflineDataset, dataset_id: str, root: str | Path | No
     base = minari_root(root)
     if (base / dataset_id).exists():
         raise ToolkitError(f"A Minari dataset {dataset_id} already exists at {base / dataset_id}; choose another id or delete it first.")
-    env = _env_or_none(dataset.metadata.get("env_id"))
-    obs_space, action_space = _spaces(dataset, env)
-    with _using_root(base), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # minari warns about every optional field (author, permalink ...)
-        minari.create_dataset_from_buffers(
-            dataset_id, _episode_buffers(dataset), env=env, observation_space=obs_space,
-            action_space=action_space, algorithm_name=dataset.metadata.get("quality"),
-            description=f"Written by the toolkit from {dataset.source}.", jpeg_encoding=False,
-        )
-    data = base / dataset_id / "data"
     from minari.dataset.minari_storage import MinariStorage
 
-    MinariStorage.read(data).update_metadata({METADATA_KEY: dict(dataset.metadata)})
+    env = _env_or_none(dataset.metadata.get("env_id"))
+    obs_space, action_space = _spaces(dataset, env)
+    try:
+        with _using_root(base), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # minari warns about every optional field (author, permalink ...)
+            minari.create_dataset_from_buffers(
+                dataset_id, _episode_buffers(dataset), env=env, observation_space=obs_space,
+                action_space=action_space, algorithm_name=dataset.metadata.get("quality"),
+                description=f"Written by the toolkit from {dataset.source}.", jpeg_encoding=False,
+            )
+        MinariStorage.read(base / dataset_id / "data").update_metadata({METADATA_KEY: dict(dataset.metadata)})
+    except BaseException:
+        # Never leave half a dataset behind: the folder did not exist before this call.
+        shutil.rmtree(base / dataset_id, ignore_errors=True)
+        raise
+    finally:
+        if env is not None:
+            env.close()
     return base / dataset_id
 
 
