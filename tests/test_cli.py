@@ -32,9 +32,11 @@ def trained_run(tmp_path_factory) -> Path:
 def test_list_shows_first_party_agents(cli) -> None:
     result = cli("list")
     assert result.exit_code == 0
-    rows = [line for line in result.output.splitlines() if "toolkit.agents" in line]
+    rows = [line for line in result.output.splitlines() if "-policy" in line or "offline" in line]
     assert any("sac " in r and "toolkit-rl" in r and "off-policy" in r and "ok" in r for r in rows)
     assert any("sac-icm" in r and "toolkit-rl" in r for r in rows)
+    for name in ("dqn", "reinforce", "a2c", "ppo", "bc", "decision-lstm", "decision-transformer"):
+        assert any(f" {name} " in r and "ok" in r for r in rows), name
 
 
 def test_describe_lists_fields_with_defaults(cli) -> None:

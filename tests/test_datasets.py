@@ -297,7 +297,7 @@ def test_collect_replay_from_sac_run(cli, sac_run, tmp_path):
 def test_collect_medium_with_noise_from_sac_run(cli, sac_run, tmp_path):
     import torch
 
-    from toolkit.data.collect import _trained_session
+    from toolkit.training import open_trained_run
 
     noisy, clean = tmp_path / "noisy.hdf5", tmp_path / "clean.hdf5"
     for out, noise in ((noisy, "0.1"), (clean, "0")):
@@ -306,7 +306,7 @@ def test_collect_medium_with_noise_from_sac_run(cli, sac_run, tmp_path):
     noisy_data, clean_data = load_dataset(noisy), load_dataset(clean)
     assert len(noisy_data) == 60 and noisy_data.metadata["quality"] == "medium" and noisy_data.metadata["noise"] == "0.1"
     # Without noise the recorded actions are the trained policy's deterministic actions.
-    agent = _trained_session(sac_run).agent
+    agent = open_trained_run(sac_run)[0].agent
     with torch.no_grad():
         policy = agent.act(torch.as_tensor(clean_data.observations), deterministic=True).numpy()
     np.testing.assert_allclose(clean_data.actions, policy, atol=1e-5)

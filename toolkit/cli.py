@@ -110,17 +110,23 @@ def eval_(
 
 @app.command("list")
 def list_() -> None:
-    """Every installed plugin: name, group, kind, distribution, version and status."""
+    """Every installed plugin: name, kind, distribution, version and status."""
     from toolkit.registry import registry
 
     table = Table(show_lines=False)
-    for column in ("name", "group", "kind", "distribution", "version", "status"):
-        table.add_column(column)
+    # Names and kinds are what users type or filter on: never cut them; the other columns
+    # wrap in a narrow terminal instead. (The kind also tells the entry-point group apart:
+    # agents have an agent kind, environments "env", models "model".)
+    table.add_column("name", no_wrap=True)
+    table.add_column("kind", no_wrap=True)
+    table.add_column("distribution")
+    table.add_column("version")
+    table.add_column("status", min_width=6)
     entries = registry.all_entries()
     for entry in entries:
         # Names and reasons come from third-party packages: print them verbatim, never as markup.
         status = entry.status if entry.status == "ok" else f"[red]{entry.status}[/]: {escape(entry.reason)}"
-        table.add_row(escape(entry.name), entry.group, entry.kind, escape(entry.distribution), escape(entry.version), status)
+        table.add_row(escape(entry.name), entry.kind, escape(entry.distribution), escape(entry.version), status)
     console.print(table)
     if not entries:
         console.print("No plugins found; is the toolkit installed (pip install -e .)?")

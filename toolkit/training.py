@@ -161,6 +161,18 @@ def open_run(run_dir: Path) -> Session:
     return _session(settings, config, spec)
 
 
+def open_trained_run(run_dir: Path) -> tuple[Session, int]:
+    """A run's agent with its latest checkpoint's weights, and the step it was saved at."""
+    session = open_run(run_dir)
+    state = load_checkpoint(run_dir / CHECKPOINT, device=session.device)
+    try:
+        session.agent.load_state_dict(state["agent"])
+        step = int(state["counters"]["step"])
+    except (KeyError, RuntimeError, ValueError, TypeError) as exc:
+        raise ToolkitError(f"Checkpoint {run_dir / CHECKPOINT} does not fit this run's agent ({exc}).") from None
+    return session, step
+
+
 def resume_training(run_dir: Path, steps: int | None = None, progress: bool = True) -> tuple[Path, Any]:
     """Continue a run from its last checkpoint up to ``steps`` (default: the run's own target)."""
     session = open_run(run_dir)
@@ -210,13 +222,7 @@ def evaluate_run(
 
     if episodes <= 0:
         raise ToolkitError(f"--episodes must be positive, got {episodes}.")
-    session = open_run(run_dir)
-    state = load_checkpoint(run_dir / CHECKPOINT, device=session.device)
-    try:
-        session.agent.load_state_dict(state["agent"])
-    except (KeyError, RuntimeError, ValueError) as exc:
-        raise ToolkitError(f"Checkpoint {run_dir / CHECKPOINT} does not fit this run's agent ({exc}).") from None
-    step = int(state["counters"]["step"])
+    session, step = open_trained_run(run_dir)
     video_path = run_dir / "videos" / f"eval-step{step}.mp4" if video else None
     eval_seed = session.settings.seed + 2_000_000 if seed is None else seed
     result = evaluate(session.agent, session.settings.env, episodes, eval_seed, session.device, video_path)

@@ -51,25 +51,10 @@ def collect_dataset(
         from toolkit.data.replay import replay_dataset
 
         return replay_dataset(Path(run_dir), env_id, steps)
-    session = _trained_session(Path(run_dir))
+    from toolkit.training import open_trained_run
+
+    session, _ = open_trained_run(Path(run_dir))
     return _rollout(session, env_id or session.settings.env, steps, quality, noise, seed, progress, source_run=str(run_dir))
-
-
-def _trained_session(run_dir: Path) -> Any:
-    """The run's agent with its latest checkpoint's weights."""
-    from toolkit.runs import CHECKPOINT, load_checkpoint
-    from toolkit.training import open_run
-
-    session = open_run(run_dir)
-    checkpoint = run_dir / CHECKPOINT
-    weights = load_checkpoint(checkpoint, device=session.device).get("agent")
-    if weights is None:
-        raise ToolkitError(f"Checkpoint {checkpoint} holds no agent weights to collect with.")
-    try:
-        session.agent.load_state_dict(weights)
-    except (KeyError, RuntimeError, ValueError) as exc:
-        raise ToolkitError(f"Checkpoint {checkpoint} does not fit the agent configured in {run_dir} ({exc}).") from None
-    return session
 
 
 class _Actor:
