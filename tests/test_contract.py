@@ -14,7 +14,9 @@ import torch
 
 from toolkit.agent import Batch
 from toolkit.config import describe
+from toolkit.data import OfflineDataset
 from toolkit.envs import make_env
+from toolkit.offline import DatasetStatistics, SequenceBatch, SequenceSampler
 from toolkit.registry import AGENTS, registry
 
 #: A cheap environment for each kind of action space.
@@ -23,16 +25,40 @@ ENV_FOR_SPACE = {"box": "Pendulum-v1", "discrete": "CartPole-v1"}
 AGENT_NAMES = [e.name for e in registry.entries(AGENTS)]
 
 
+def _random_dataset(env, steps: int = 300, episode: int = 50) -> OfflineDataset:
+    """Uniformly random transitions in ``env``'s spaces, cut into episodes by a time limit."""
+    env.observation_space.seed(1)
+    env.action_space.seed(1)
+    rng = np.random.default_rng(1)
+    return OfflineDataset(
+        observations=np.stack([env.observation_space.sample() for _ in range(steps)]).astype(np.float32),
+        actions=np.stack([env.action_space.sample() for _ in range(steps)]).astype(np.float32),
+        rewards=rng.normal(size=steps).astype(np.float32),
+        terminals=np.zeros(steps, bool),
+        timeouts=np.arange(steps) % episode == episode - 1,
+    )
+
+
 def _setup(name: str):
     spec = registry.agent(name)
-    if spec.kind == "offline":
-        pytest.skip("offline agents are covered by their dataset tests")
     env_id = next(ENV_FOR_SPACE[s] for s in spec.action_spaces if s in ENV_FOR_SPACE)
     env = make_env(env_id)
     config = spec.config()
     torch.manual_seed(0)
     agent = spec.build(config, env.observation_space, env.action_space, "cpu")
+    if spec.kind == "offline":  # the offline loop hands over the dataset's statistics first
+        agent.set_dataset_statistics(DatasetStatistics.of(_random_dataset(env)))
     return spec, env, config, agent
+
+
+def _sequence_batch(env, agent) -> SequenceBatch:
+    return SequenceSampler(_random_dataset(env), agent.context_length, "cpu", seed=0).sample(8)
+
+
+def _fresh_act(agent, obs: torch.Tensor) -> torch.Tensor:
+    """A deterministic action at the start of an episode (sequence models keep context)."""
+    agent.start_episode()
+    return agent.act(obs, deterministic=True)
 
 
 def _batch(env, n: int, history: int) -> Batch:
@@ -66,20 +92,21 @@ def test_acts_in_the_action_space(name: str) -> None:
     _, env, _, agent = _setup(name)
     obs = torch.as_tensor(np.stack([env.observation_space.sample() for _ in range(7)]), dtype=torch.float32)
     for deterministic in (False, True):
+        agent.start_episode()
         actions = agent.act(obs, deterministic=deterministic).cpu().numpy()
         assert actions.shape[0] == 7
         for a in actions:
             assert env.action_space.contains(a.astype(env.action_space.dtype)), a
-    # deterministic acting is repeatable
-    assert torch.equal(agent.act(obs, deterministic=True), agent.act(obs, deterministic=True))
+    # deterministic acting is repeatable from an episode's start
+    assert torch.equal(_fresh_act(agent, obs), _fresh_act(agent, obs))
 
 
 @pytest.mark.parametrize("name", AGENT_NAMES)
 def test_update_returns_finite_scalars(name: str) -> None:
     spec, env, config, agent = _setup(name)
-    if spec.kind != "off-policy":
+    if spec.kind == "on-policy":
         pytest.skip("on-policy agents are driven by their rollout tests")
-    batch = _batch(env, 32, agent.history_length)
+    batch = _sequence_batch(env, agent) if spec.kind == "offline" else _batch(env, 32, agent.history_length)
     for _ in range(3):
         metrics = agent.update(batch)
     assert metrics
@@ -91,8 +118,13 @@ def test_update_returns_finite_scalars(name: str) -> None:
 @pytest.mark.parametrize("name", AGENT_NAMES)
 def test_state_round_trips_through_a_safe_checkpoint(name: str) -> None:
     spec, env, config, agent = _setup(name)
-    if spec.kind == "off-policy":
-        agent.update(_batch(env, 32, agent.history_length))
+    learns_from_batches = spec.kind in ("off-policy", "offline")
+
+    def batch():
+        return _sequence_batch(env, agent) if spec.kind == "offline" else _batch(env, 32, agent.history_length)
+
+    if learns_from_batches:
+        agent.update(batch())
     buffer = io.BytesIO()
     torch.save(agent.state_dict(), buffer)
     buffer.seek(0)
@@ -103,14 +135,14 @@ def test_state_round_trips_through_a_safe_checkpoint(name: str) -> None:
     # Enough seeded observations that two differently initialised policies cannot agree by chance.
     env.observation_space.seed(0)
     obs = torch.as_tensor(np.stack([env.observation_space.sample() for _ in range(64)]), dtype=torch.float32)
-    assert not torch.equal(fresh.act(obs, deterministic=True), agent.act(obs, deterministic=True))
-    fresh.load_state_dict(state)
-    assert torch.equal(fresh.act(obs, deterministic=True), agent.act(obs, deterministic=True))
-    if spec.kind == "off-policy":  # optimiser state came along too: the next update matches
-        batch = _batch(env, 32, agent.history_length)
+    assert not torch.equal(_fresh_act(fresh, obs), _fresh_act(agent, obs))
+    fresh.load_state_dict(state)  # offline agents: the dataset statistics come with the state
+    assert torch.equal(_fresh_act(fresh, obs), _fresh_act(agent, obs))
+    if learns_from_batches:  # optimiser state came along too: the next update matches
+        same = batch()
         torch.manual_seed(7)
-        a = agent.update(batch)
+        a = agent.update(same)
         torch.manual_seed(7)
-        b = fresh.update(batch)
+        b = fresh.update(same)
         for key in a:
             assert torch.allclose(a[key], b[key]), key
