@@ -35,3 +35,15 @@ def assert_clean_error(result, *fragments: str) -> None:
     text = " ".join(result.output.split())
     for fragment in fragments:
         assert fragment in text, text
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One small local Ray for the whole test session (2 CPUs, bounded object store, no
+    dashboard), shut down at the end; tests that need Ray take this fixture."""
+    ray = pytest.importorskip("ray")
+    from toolkit.distributed.cluster import init_ray
+
+    init_ray(num_cpus=2)
+    yield ray
+    ray.shutdown()

@@ -48,6 +48,10 @@ def train(
     log_every: Annotated[int, typer.Option(help="Write training metrics every N steps.")] = 1_000,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = True,
     dataset: Annotated[Optional[str], typer.Option(help="Offline agents: a D4RL HDF5 file or Minari dataset to learn from.")] = None,
+    workers: Annotated[int, typer.Option(help="Ray workers: env-runner actors (online agents) or data-parallel trainers (offline); 0: no Ray.")] = 0,
+    envs_per_worker: Annotated[int, typer.Option(help="Environments each env-runner actor steps side by side.")] = 1,
+    gpus_per_worker: Annotated[float, typer.Option(help="GPUs per data-parallel training worker (offline agents).")] = 0.0,
+    address: Annotated[Optional[str], typer.Option(help="Ray cluster to join: auto, HOST:PORT or ray://HOST:PORT (default: RAY_ADDRESS, else a local Ray).")] = None,
 ) -> None:
     """Train AGENT on an environment (online) or on a dataset evaluated in it (offline)."""
     from toolkit.training import start_training
@@ -56,7 +60,8 @@ def train(
         path, result = start_training(
             agent, env, steps, seed, device, config, set_, run_dir, eval_every=eval_every,
             eval_episodes=eval_episodes, checkpoint_every=checkpoint_every, log_every=log_every,
-            progress=progress, dataset=dataset,
+            progress=progress, dataset=dataset, workers=workers, envs_per_worker=envs_per_worker,
+            gpus_per_worker=gpus_per_worker, address=address,
         )
     except ToolkitError as exc:
         _fail(exc)

@@ -51,6 +51,14 @@ class RunSettings:
     toolkit_version: str = ""
     #: The dataset an offline agent trains on (absolute path or Minari id); None for online agents.
     dataset: str | None = None
+    #: Ray: env-runner actors (online agents) or training workers (offline agents); 0 = no Ray.
+    workers: int = 0
+    #: Ray: environments each env-runner actor steps side by side.
+    envs_per_worker: int = 1
+    #: Ray: GPUs per data-parallel training worker (offline agents).
+    gpus_per_worker: float = 0.0
+    #: Ray cluster to join (``auto``, ``HOST:PORT``, ``ray://HOST:PORT``); None: RAY_ADDRESS or a local Ray.
+    address: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)

@@ -91,14 +91,20 @@ def start_training(
     log_every: int = 1_000,
     progress: bool = True,
     dataset: str | Path | None = None,
+    workers: int = 0,
+    envs_per_worker: int = 1,
+    gpus_per_worker: float = 0.0,
+    address: str | None = None,
 ) -> tuple[Path, Any]:
     """Check everything, create the run directory, train. Returns the run dir and loop result.
 
     Offline agents need ``dataset`` (a D4RL HDF5 file or a Minari dataset) and count ``steps``
     in gradient steps; online agents count environment steps and refuse a dataset. Offline
-    runs evaluate ten times over the run unless ``eval_every`` says otherwise."""
+    runs evaluate ten times over the run unless ``eval_every`` says otherwise. ``workers > 0``
+    uses Ray: env-runner actors for online agents, data-parallel workers for offline ones."""
     if steps is not None and steps <= 0:
         raise ToolkitError(f"--steps must be a positive number of steps, got {steps}.")
+    _check_ray_options(workers, envs_per_worker, gpus_per_worker)
     spec = registry.agent(agent)
     _check_dataset_option(spec, dataset)
     config = build_config(spec, config_file, set_items)
@@ -110,7 +116,8 @@ def start_training(
         agent=agent, env=env, seed=seed, steps=total, device=device,
         eval_every=eval_every, eval_episodes=eval_episodes, checkpoint_every=checkpoint_every,
         log_every=log_every, agent_config=to_dict(config), toolkit_version=__version__,
-        dataset=_dataset_reference(dataset),
+        dataset=_dataset_reference(dataset), workers=workers, envs_per_worker=envs_per_worker,
+        gpus_per_worker=gpus_per_worker, address=address,
     )
     if run_dir is not None and run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
         create_run_dir(run_dir)  # raises before any work is done
@@ -119,6 +126,15 @@ def start_training(
     path = create_run_dir(run_dir or default_run_dir(runs_root, agent, env, seed))
     save_settings(path, settings)
     return path, _loop(session, path, progress, data).run(settings.steps)
+
+
+def _check_ray_options(workers: int, envs_per_worker: int, gpus_per_worker: float) -> None:
+    if workers < 0:
+        raise ToolkitError(f"--workers must be 0 (no Ray) or a positive number of Ray workers, got {workers}.")
+    if envs_per_worker < 1:
+        raise ToolkitError(f"--envs-per-worker must be at least 1, got {envs_per_worker}.")
+    if gpus_per_worker < 0:
+        raise ToolkitError(f"--gpus-per-worker must be >= 0, got {gpus_per_worker}.")
 
 
 def _check_dataset_option(spec: AgentSpec, dataset: str | Path | None) -> None:
@@ -195,20 +211,30 @@ def resume_training(run_dir: Path, steps: int | None = None, progress: bool = Tr
 
 
 def _loop(session: Session, run_dir: Path, progress: bool, dataset: Any = None) -> Any:
-    """The training loop of the agent's kind."""
+    """The training loop of the agent's kind: local, or spread over Ray workers."""
     kind = session.spec.kind
     args = (session.agent, session.config, session.settings, lambda: make_env(session.settings.env),
             run_dir, session.device)
+    distributed = session.settings.workers > 0
     if kind == "offline":
-        from toolkit.loops.offline import OfflineLoop
+        if distributed:
+            from toolkit.distributed.data_parallel import DataParallelOfflineLoop as OfflineLoop
+        else:
+            from toolkit.loops.offline import OfflineLoop  # type: ignore[assignment]
 
         return OfflineLoop(*args, dataset=dataset, progress=progress)
     if kind == "on-policy":
-        from toolkit.loops.on_policy import OnPolicyLoop
+        if distributed:
+            from toolkit.distributed.rollouts import DistributedOnPolicyLoop as OnPolicyLoop
+        else:
+            from toolkit.loops.on_policy import OnPolicyLoop  # type: ignore[assignment]
 
         return OnPolicyLoop(*args, progress=progress)
     if kind == "off-policy":
-        from toolkit.loops.off_policy import OffPolicyLoop
+        if distributed:
+            from toolkit.distributed.rollouts import DistributedOffPolicyLoop as OffPolicyLoop
+        else:
+            from toolkit.loops.off_policy import OffPolicyLoop  # type: ignore[assignment]
 
         return OffPolicyLoop(*args, progress=progress)
     raise ToolkitError(f"Agent '{session.spec.name}' has kind '{kind}', which this toolkit cannot train.")

@@ -1,0 +1,1 @@
+"""Ray: distributed rollouts, data-parallel training and sweeps (imported only when used)."""
