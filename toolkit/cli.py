@@ -87,7 +87,8 @@ def resume(
 def _report(path: Path, result: object) -> None:
     step = getattr(result, "step", "?")
     last = getattr(result, "last_return", None)
-    ret = f", last episode return {last:.1f}" if last is not None else ""
+    source = getattr(result, "return_source", "episode")
+    ret = f", last {source} return {last:.1f}" if last is not None else ""
     if getattr(result, "interrupted", False):
         console.print(f"Interrupted at step {step}; checkpoint saved. Continue with: toolkit resume {path}")
         raise typer.Exit(130)
@@ -156,6 +157,44 @@ def describe(agent: Annotated[str, typer.Argument(help="Agent name, as listed by
     for info in describe_config(spec.config):
         table.add_row(info.key, info.type_name, repr(info.default), info.help)
     console.print(table)
+
+
+@app.command()
+def sweep(
+    agent: Annotated[str, typer.Argument(help="Agent name, as listed by `toolkit list`.")],
+    env: Annotated[str, typer.Option("--env", "-e", help="Gymnasium environment id, e.g. Hopper-v4.")],
+    grid: Annotated[list[str], typer.Option("--grid", help="key=v1,v2 (repeatable; ';' separates values that hold commas). Every combination runs.")],
+    seeds: Annotated[int, typer.Option(help="Seeds 0 .. S-1 run for every configuration.")] = 1,
+    search: Annotated[str, typer.Option(help="grid: every combination; random: --samples of them, drawn at random.")] = "grid",
+    samples: Annotated[Optional[int], typer.Option(help="With --search random: configurations to draw from the grid.")] = None,
+    steps: Annotated[Optional[int], typer.Option(help="Steps per trial (default: the agent's).")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Agent setting fixed for every trial: key=value (repeatable).")] = None,
+    config: Annotated[Optional[Path], typer.Option("--config", help="YAML file of agent settings for every trial.")] = None,
+    eval_episodes: Annotated[int, typer.Option(help="Episodes of each trial's final evaluation.")] = 5,
+    dataset: Annotated[Optional[str], typer.Option(help="Offline agents: the dataset every trial learns from.")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda, in each trial.")] = "auto",
+    cpus_per_trial: Annotated[float, typer.Option(help="Ray CPUs each trial holds.")] = 1.0,
+    gpus_per_trial: Annotated[float, typer.Option(help="Ray GPUs each trial holds.")] = 0.0,
+    sweep_dir: Annotated[Optional[Path], typer.Option(help="Where trials' run dirs and the CSVs go (default: sweeps/<agent>/<env>/<time>).")] = None,
+    address: Annotated[Optional[str], typer.Option(help="Ray cluster to join: auto, HOST:PORT or ray://HOST:PORT (default: RAY_ADDRESS, else a local Ray).")] = None,
+) -> None:
+    """Train AGENT for every grid configuration and seed on Ray Tune; print mean ± std of the final return."""
+    from toolkit.distributed.sweep import SUMMARY_FILE, default_sweep_dir, plan_sweep, run_sweep, summary_table
+
+    try:
+        plan = plan_sweep(agent, env, grid, seeds, search, samples, set_, config, steps, eval_episodes, dataset, device)
+        target = sweep_dir or default_sweep_dir(Path("sweeps"), agent, env)
+        console.print(f"Sweep: {len(plan.configurations)} configurations x {len(plan.seeds)} seeds = {plan.trials} trials -> {target}")
+        result = run_sweep(plan, target, address, cpus_per_trial, gpus_per_trial)
+    except ToolkitError as exc:
+        _fail(exc)
+    console.print(summary_table(result))
+    failed = sum(1 for row in result.trials if row.error)
+    if failed:
+        err_console.print(f"[red]{failed} of {plan.trials} trials failed[/]; see the error column of {result.sweep_dir / 'results.csv'}")
+    console.print(f"Results: {result.sweep_dir / 'results.csv'}, summary: {result.sweep_dir / SUMMARY_FILE}")
+    if failed == plan.trials:
+        raise typer.Exit(1)
 
 
 from toolkit.dataset_cli import dataset_app  # noqa: E402  (cheap: no torch at import)

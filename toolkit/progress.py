@@ -32,14 +32,16 @@ class TrainingProgress:
                 MofNCompleteColumn(),
                 TextColumn("{task.fields[rate]:>7.1f} steps/s"),
                 TextColumn("return {task.fields[ret]}"),
+                TextColumn("{task.fields[note]}"),
                 TimeRemainingColumn(),
             )
             self._progress.__enter__()
-            self._task = self._progress.add_task(self.description, total=self.total, completed=self.start, rate=0.0, ret="-")
+            self._task = self._progress.add_task(self.description, total=self.total, completed=self.start, rate=0.0, ret="-", note="")
         return self
 
-    def update(self, step: int, last_return: float | None) -> None:
-        """Report that ``step`` steps are done; ``last_return`` is the latest episode's return."""
+    def update(self, step: int, last_return: float | None, note: str = "") -> None:
+        """Report that ``step`` steps are done; ``last_return`` is the latest episode's return
+        and ``note`` any short text worth showing (an offline learner's latest loss)."""
         if self._progress is None:
             return
         now = time.perf_counter()
@@ -50,7 +52,7 @@ class TrainingProgress:
             self._rate = (step - s0) / (now - t0)
             self._window = (now, step)
         ret = "-" if last_return is None else f"{last_return:.1f}"
-        self._progress.update(self._task, completed=step, rate=self._rate, ret=ret)
+        self._progress.update(self._task, completed=step, rate=self._rate, ret=ret, note=note)
         self._last_draw = now
 
     def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:

@@ -30,10 +30,15 @@ class LoopResult:
     step: int
     interrupted: bool
     last_return: float | None
+    #: What ``last_return`` is the return of: a training "episode" or an "evaluation".
+    return_source: str = "episode"
 
 
 class TrainingLoop:
     """Base of the training loops: owns the agent, the run directory and the bookkeeping."""
+
+    #: Where :attr:`last_return` comes from (offline loops see no training episodes).
+    return_source = "episode"
 
     def __init__(
         self,
@@ -51,6 +56,8 @@ class TrainingLoop:
         self.episodes = 0
         self.last_return: float | None = None
         self.logger: MetricsLogger | None = None
+        #: The last averaged training metrics written to the log (empty before the first).
+        self.latest_metrics: dict[str, float] = {}
         self._metric_sums: dict[str, torch.Tensor] = {}
         self._metric_count = 0
         self._stop_requested = False
@@ -141,6 +148,7 @@ class TrainingLoop:
         values.update(steps_per_second=(self.step - s0) / max(now - t0, 1e-9), updates=self.updates)
         self._window = (now, self.step)
         self.logger.log(self.step, "train", values)
+        self.latest_metrics = values
         self._metric_sums, self._metric_count = {}, 0
 
     def _evaluate(self) -> EvalResult:
@@ -184,5 +192,5 @@ class TrainingLoop:
             if in_main_thread:
                 signal.signal(signal.SIGINT, previous_handler)
             self.logger.close()
-        return LoopResult(self.step, self._stop_requested, self.last_return)
+        return LoopResult(self.step, self._stop_requested, self.last_return, self.return_source)
 

@@ -25,6 +25,8 @@ from toolkit.runs import RunSettings
 class OfflineLoop(TrainingLoop):
     """Trains one offline agent on one dataset; evaluates it in the run's environment."""
 
+    return_source = "evaluation"
+
     def __init__(
         self,
         agent: OfflineAgent,
@@ -62,4 +64,5 @@ class OfflineLoop(TrainingLoop):
             self.step += 1
             self.updates += 1
             self.after_steps(self.step - 1)
-            bar.update(self.step, self.last_return)
+            loss = self.latest_metrics.get("loss")  # as of the last log line: no per-step device read
+            bar.update(self.step, self.last_return, "" if loss is None else f"loss {loss:.4f}")
