@@ -86,9 +86,8 @@ class DatasetNormalizer(nn.Module):
         self.target_return.fill_(target_return if target_return is not None else stats.max_return)
 
     def observations(self, obs: torch.Tensor) -> torch.Tensor:
-        """``(s - mean) / std`` on the flattened observation, as float32."""
-        flat = obs.float().flatten(obs.dim() - 1) if obs.dim() >= 1 else obs.float()
-        return (flat - self.obs_mean) / self.obs_std
+        """``(s - mean) / std`` of vector observations ``[..., obs_dim]``, as float32."""
+        return (obs.float() - self.obs_mean) / self.obs_std
 
     def returns(self, returns_to_go: torch.Tensor) -> torch.Tensor:
         """Returns-to-go divided by the scale, as a trailing feature of width 1."""

@@ -15,9 +15,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from toolkit.configs import OfflineConfig
 from toolkit.errors import ToolkitError
 from toolkit.offline import DatasetNormalizer, DatasetStatistics, OfflineAgent
-from toolkit.configs import OfflineConfig
 
 
 class ActionBounds(nn.Module):
@@ -55,9 +55,11 @@ class OfflinePolicyAgent(OfflineAgent):
         super().__init__()
         if not isinstance(action_space, gym.spaces.Box):
             raise ToolkitError(f"offline learners need a continuous (Box) action space, got {action_space}.")
+        if not isinstance(observation_space, gym.spaces.Box) or len(observation_space.shape) != 1:
+            raise ToolkitError(f"offline learners take vector observations, got {observation_space}.")
         self.config = config
         self.device = torch.device(device)
-        self.obs_dim = int(np.prod(observation_space.shape))
+        self.obs_dim = int(observation_space.shape[0])
         self.action_dim = int(np.prod(action_space.shape))
         self.action_shape = tuple(action_space.shape)
         self.normalizer = DatasetNormalizer(self.obs_dim).to(self.device)
