@@ -120,7 +120,8 @@ class MetricsLogger:
         self.file.write(json.dumps({"step": step, "kind": kind, **values}) + "\n")
         if self.tb is not None:
             for key, value in values.items():
-                self.tb.add_scalar(f"{kind}/{key}", value, step)
+                if isinstance(value, (int, float)):  # events such as {"event": "restarted"} are JSON only
+                    self.tb.add_scalar(f"{kind}/{key}", value, step)
 
     def close(self) -> None:
         self.file.close()

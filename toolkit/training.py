@@ -108,6 +108,10 @@ def start_training(
     spec = registry.agent(agent)
     _check_dataset_option(spec, dataset)
     config = build_config(spec, config_file, set_items)
+    if workers > 0 and spec.kind == "on-policy":  # one rollout holds every runner's envs
+        from toolkit.distributed.rollouts import distributed_config
+
+        config = distributed_config(config, spec.config(), workers, envs_per_worker)
     check_env_id(env)
     total = steps or spec.default_steps
     if spec.kind == "offline" and eval_every == 0:

@@ -12,12 +12,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from toolkit.agent import Agent, Rollout
 from toolkit.configs import OnPolicyConfig
 from toolkit.loops.base import TrainingLoop
+from toolkit.loops.collect import EnvBatch, rollout_from_columns
 from toolkit.loops.replayable_env import ReplayableEnv
 from toolkit.progress import TrainingProgress
 from toolkit.runs import RunSettings
@@ -38,13 +38,12 @@ class OnPolicyLoop(TrainingLoop):
     ) -> None:
         super().__init__(agent, settings, make_env, run_dir, device, progress)
         self.config = config
-        self.envs = [ReplayableEnv(make_env(), seed=settings.seed + i) for i in range(config.num_envs)]
-        space = self.envs[0].env.action_space
-        self.discrete = not hasattr(space, "low")
-        self._low = None if self.discrete else space.low
-        self._high = None if self.discrete else space.high
-        obs_dtype = self.envs[0].env.observation_space.dtype
-        self._obs_dtype = torch.uint8 if obs_dtype == np.uint8 else torch.float32
+        self.envs = self._make_envs(make_env)
+
+    def _make_envs(self, make_env: Callable[[], Any]) -> list[ReplayableEnv]:
+        """The environments this loop steps (a distributed loop's live on its runners)."""
+        self.batch = EnvBatch.make(make_env, self.config.num_envs, self.settings.seed)
+        return self.batch.envs
 
     def extra_state(self) -> dict[str, Any]:
         return {"envs": [env.state_dict() for env in self.envs]}
@@ -53,49 +52,17 @@ class OnPolicyLoop(TrainingLoop):
         for env, env_state in zip(self.envs, state["envs"], strict=True):
             env.load_state_dict(env_state)
 
-    def _env_action(self, action: np.ndarray) -> np.ndarray:
-        # Gaussian policies can propose actions outside the bounds: the env gets them clipped,
-        # the rollout keeps them as proposed so their log-probabilities stay exact.
-        return action if self.discrete else np.clip(action, self._low, self._high)
-
     def collect(self) -> Rollout:
         """Step every environment ``rollout_steps`` times (longer with ``complete_episodes``)."""
         cfg = self.config
-        n = len(self.envs)
-        active = np.ones(n, dtype=bool)
-        columns: dict[str, list[np.ndarray]] = {k: [] for k in ("obs", "actions", "rewards", "terminated", "truncated", "next_obs", "mask")}
-        t = 0
-        while t < cfg.rollout_steps or (cfg.complete_episodes and active.any()):
-            obs = np.stack([np.asarray(env.obs) for env in self.envs])
-            with torch.no_grad():
-                actions = self.agent.act(torch.as_tensor(obs, dtype=self._obs_dtype, device=self.device)).cpu().numpy()
-            rewards = np.zeros(n, np.float32)
-            terminated = np.zeros(n, np.float32)
-            truncated = np.zeros(n, np.float32)
-            next_obs = obs.copy()
-            mask = active.astype(np.float32)
-            for i, env in enumerate(self.envs):
-                if not active[i]:
-                    continue
-                nxt, reward, term, trunc, _ = env.step(self._env_action(actions[i]))
-                rewards[i], terminated[i], truncated[i], next_obs[i] = reward, term, trunc, nxt
-                self.step += 1
-                if term or trunc:
-                    self.log_episode(env.episode_return, env.episode_length, self.step)
-                    env.begin_episode()
-                    if cfg.complete_episodes and t + 1 >= cfg.rollout_steps:
-                        active[i] = False  # this env's last episode in the rollout is whole
-                else:
-                    env.obs = nxt
-            for key, value in zip(columns, (obs, actions, rewards, terminated, truncated, next_obs, mask)):
-                columns[key].append(value)
-            t += 1
-        tensors = {k: torch.as_tensor(np.stack(v), device=self.device) for k, v in columns.items()}
-        for key in ("obs", "next_obs"):
-            tensors[key] = tensors[key].to(self._obs_dtype)
-        if not self.discrete:
-            tensors["actions"] = tensors["actions"].float()
-        return Rollout(**tensors)
+        start = self.step
+
+        def on_episode(episode_return: float, length: int, steps: int) -> None:
+            self.log_episode(episode_return, length, start + steps)
+
+        columns = self.batch.run(self.batch.policy(self.agent, self.device), cfg.rollout_steps, on_episode, cfg.complete_episodes)
+        self.step += int(columns["mask"].sum())
+        return rollout_from_columns(columns, self.device, self.batch.obs_dtype, self.batch.discrete)
 
     def train_until(self, total_steps: int, bar: TrainingProgress) -> None:
         while self.step < total_steps and not self.stop_requested:
