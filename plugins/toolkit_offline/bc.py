@@ -35,6 +35,7 @@ class BehaviourCloning(OfflinePolicyAgent):
 
     def update(self, batch: SequenceBatch) -> dict[str, torch.Tensor]:
         """One regression step on a batch of single transitions."""
+        self.model.train()  # dropout on for this forward pass, also right after an evaluation
         predicted = self.model(self.normalizer.observations(batch.observations))
         loss = masked_mean((predicted - self.unit_targets(batch.actions)).pow(2), batch.mask)
         grad_norm = self.gradient_step(loss)

@@ -81,6 +81,7 @@ class DecisionLSTM(OfflinePolicyAgent):
 
     def update(self, batch: SequenceBatch) -> dict[str, torch.Tensor]:
         """One Huber-regression step on windows of K steps, each from a zero state."""
+        self.model.train()  # dropout on for this forward pass, also right after an evaluation
         targets = self.unit_targets(batch.actions)  # [B, K, action_dim] in [-1, 1]
         # a_{t-1}: the data's previous action inside the window, zero at its first step.
         previous = torch.cat([torch.zeros_like(targets[:, :1]), targets[:, :-1]], dim=1)

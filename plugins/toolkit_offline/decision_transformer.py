@@ -78,6 +78,7 @@ class DecisionTransformer(OfflinePolicyAgent):
 
     def update(self, batch: SequenceBatch) -> dict[str, torch.Tensor]:
         """One step of the action-prediction loss on windows of K steps."""
+        self.model.train()  # dropout on for this forward pass, also right after an evaluation
         targets = self.unit_targets(batch.actions)
         predicted = self.model(
             self.normalizer.returns(batch.returns_to_go), self.normalizer.observations(batch.observations),

@@ -50,3 +50,18 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, num_gpus: 
         where = address or "a local Ray"
         raise ToolkitError(f"Could not connect to Ray at {where}: {str(exc).splitlines()[0]}") from None
     return ray
+
+
+def require_resources(ray: Any, needs: dict[str, float], what: str) -> None:
+    """Refuse work the connected cluster can never place (Ray would wait for it forever).
+
+    ``needs`` maps Ray resource names (``CPU``, ``GPU``) to amounts; ``what`` says who needs
+    them, e.g. ``"--workers 4"``. An autoscaling cluster is judged by what it has now."""
+    total = ray.cluster_resources()
+    for name, amount in needs.items():
+        have = float(total.get(name, 0.0))
+        if amount > have + 1e-9:
+            raise ToolkitError(
+                f"{what} needs {amount:g} {name}, but the Ray cluster has {have:g}; ask for less, "
+                "or join a bigger cluster with --address."
+            )
