@@ -41,7 +41,9 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, num_gpus: 
     runtime_env = {"env_vars": env_vars}
     try:
         if address is None:
-            ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False,
+            # "local" always starts a new Ray: without it, ray.init joins whatever cluster
+            # /tmp/ray/ray_current_cluster names (another process's Ray on this machine).
+            ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False,
                      object_store_memory=LOCAL_OBJECT_STORE_BYTES, runtime_env=runtime_env,
                      log_to_driver=False, configure_logging=False)
         else:
