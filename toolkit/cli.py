@@ -184,7 +184,7 @@ def sweep(
     try:
         plan = plan_sweep(agent, env, grid, seeds, search, samples, set_, config, steps, eval_episodes, dataset, device)
         target = sweep_dir or default_sweep_dir(Path("sweeps"), agent, env)
-        console.print(f"Sweep: {len(plan.configurations)} configurations x {len(plan.seeds)} seeds = {plan.trials} trials -> {target}")
+        console.print(f"Sweep: {len(plan.configurations)} configuration(s) x {len(plan.seeds)} seed(s) = {plan.trials} trials -> {target}")
         result = run_sweep(plan, target, address, cpus_per_trial, gpus_per_trial)
     except ToolkitError as exc:
         _fail(exc)

@@ -344,8 +344,8 @@ def summary_table(result: SweepResult) -> Any:
     from rich.table import Table
 
     plan = result.plan
-    table = Table(title=f"{plan.agent} on {plan.env}: {len(plan.configurations)} configurations x "
-                        f"{len(plan.seeds)} seeds, final return over seeds")
+    seeds = len(plan.seeds)
+    table = Table(title=f"{plan.agent} on {plan.env}: final return over {seeds} seed{'s' * (seeds != 1)}")
     for key in plan.keys:
         table.add_column(key, no_wrap=True)
     table.add_column("final return", justify="right", no_wrap=True)
