@@ -83,6 +83,17 @@ def test_resumed_data_parallel_run_matches_an_uninterrupted_one(cli, tmp_path: P
     assert _records(parts, "train", "eval") == _records(whole, "train", "eval")
 
 
+@pytest.mark.slow
+def test_one_worker_reproduces_the_local_loop(cli, tmp_path: Path, dataset_file: Path) -> None:
+    """Rank 0 keeps the run's own random streams and averaging over one worker changes nothing."""
+    args = ["--steps", "60", "--dataset", dataset_file, "--log-every", "30", "--eval-every", "30", "--eval-episodes", "2",
+            "--env", ENV, "--no-progress", "--set", "context_length=5", "--set", "embed_dim=16", "--set", "batch_size=8"]
+    for workers in ("0", "1"):
+        result = cli("train", "decision-lstm", "--run-dir", tmp_path / workers, "--workers", workers, *args)
+        assert result.exit_code == 0, result.output
+    assert _records(tmp_path / "1", "train", "eval") == _records(tmp_path / "0", "train", "eval")
+
+
 @pytest.mark.parametrize(("option", "value", "needs"), [("--workers", "3", "needs 3 CPU"),
                                                          ("--gpus-per-worker", "1", "needs 2 GPU")])
 def test_workers_the_cluster_cannot_place_are_refused(

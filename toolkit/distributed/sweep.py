@@ -16,6 +16,9 @@ each by default, and keeps its own records under ``<sweep dir>/tune/``. The swee
 grid (reproducibly: the draw is seeded). The draw happens before Tune starts, so every sampled
 configuration runs with every seed; Tune's ``tune.choice`` would draw anew for each seed.
 
+Trials write their run directories into the sweep directory from whichever node runs them, so
+on a multi-node cluster it must be on storage every node shares (NFS and the like).
+
 Everything a user typed is checked before any trial starts: grid keys and values are typed
 through the agent's config exactly like ``--set``, so a typo lists the valid keys.
 """
