@@ -73,12 +73,13 @@ def resume(
     run_dir: Annotated[Path, typer.Argument(help="A run directory written by `toolkit train`.")],
     steps: Annotated[Optional[int], typer.Option(help="Train up to this many total steps (default: the run's target).")] = None,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = True,
+    address: Annotated[Optional[str], typer.Option(help="Ray cluster to join for a run with --workers (default: the run's own, else RAY_ADDRESS or a local Ray).")] = None,
 ) -> None:
     """Continue a run from its last checkpoint."""
     from toolkit.training import resume_training
 
     try:
-        path, result = resume_training(run_dir, steps, progress)
+        path, result = resume_training(run_dir, steps, progress, address=address)
     except ToolkitError as exc:
         _fail(exc)
     _report(path, result)

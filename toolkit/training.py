@@ -193,9 +193,13 @@ def open_trained_run(run_dir: Path) -> tuple[Session, int]:
     return session, step
 
 
-def resume_training(run_dir: Path, steps: int | None = None, progress: bool = True) -> tuple[Path, Any]:
-    """Continue a run from its last checkpoint up to ``steps`` (default: the run's own target)."""
+def resume_training(run_dir: Path, steps: int | None = None, progress: bool = True,
+                    address: str | None = None) -> tuple[Path, Any]:
+    """Continue a run from its last checkpoint up to ``steps`` (default: the run's own target);
+    a run with Ray workers may continue on another cluster (``address``)."""
     session = open_run(run_dir)
+    if address is not None:
+        session.settings.address = address
     state = load_checkpoint(run_dir / CHECKPOINT, device=session.device)
     done = int(state["counters"]["step"])
     target = steps if steps is not None else session.settings.steps

@@ -19,8 +19,8 @@ import numpy as np
 #: What a request returns: time-major numpy columns (see :data:`toolkit.loops.collect.COLUMNS`)
 #: of ``T`` steps from the runner's ``M`` envs; each finished episode as ``(return, length,
 #: steps)``, ``steps`` counting the runner's env steps of this request; and the runner's
-#: ``incarnation`` (new after every restart) and the ``version`` of the weights it acted with
-#: (-1: none yet).
+#: ``incarnation`` (new after every restart), the ``version`` of the weights it acted with
+#: (-1: none yet) and the Ray ``node`` it runs on.
 Sample = tuple[dict[str, np.ndarray], list[tuple[float, int, int]], dict[str, Any]]
 
 
@@ -52,6 +52,7 @@ class EnvRunner:
         self._act = self.batch.policy(self.agent, "cpu")
         self.incarnation = uuid.uuid4().hex  # a restarted runner is a new incarnation
         self.version = -1
+        self.node = self.where()["node_id"]
 
     def where(self) -> dict[str, Any]:
         """Host, process and Ray node of this runner (for logs and tests)."""
@@ -67,7 +68,7 @@ class EnvRunner:
         episodes: list[tuple[float, int, int]] = []
         columns = self.batch.run(act, steps, lambda ret, length, taken: episodes.append((ret, length, taken)),
                                  complete_episodes)
-        return columns, episodes, {"incarnation": self.incarnation, "version": self.version}
+        return columns, episodes, {"incarnation": self.incarnation, "version": self.version, "node": self.node}
 
     def sample_rollout(self, steps: int, complete_episodes: bool, version: int = -1,
                        weights: dict[str, Any] | None = None) -> Sample:

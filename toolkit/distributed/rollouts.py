@@ -142,6 +142,8 @@ class RunnerPool:
         known = self._incarnations[worker]
         if known is not None and known != info["incarnation"]:
             self.restarted(worker)
+        if self._incarnations[worker] is None:
+            self._log(worker, "started", node=info["node"])
         self._incarnations[worker] = info["incarnation"]
         if info["version"] < 0:
             self._seen[worker] = -1
@@ -153,11 +155,16 @@ class RunnerPool:
         self.restarts += 1
         self._seen[worker] = -1
         self._incarnations[worker] = None
+        self._log(worker, "restarted")
         loop = self.loop
-        if loop.logger is not None:
-            loop.logger.log(loop.step, "worker", {"event": "restarted", "worker": worker})
         print(f"env runner {worker} died at step {loop.step}; Ray restarted it and training continues",
               file=sys.stderr, flush=True)
+
+    def _log(self, worker: int, event: str, **values: Any) -> None:
+        """``{"kind": "worker", "event": ..., "worker": ...}`` in the run's metrics."""
+        loop = self.loop
+        if loop.logger is not None:
+            loop.logger.log(loop.step, "worker", {"event": event, "worker": worker, **values})
 
     def close(self) -> None:
         """Stop the runners (they hold no state worth keeping)."""
