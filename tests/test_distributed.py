@@ -64,7 +64,7 @@ def test_off_policy_transitions_match_the_local_buffer(tmp_path: Path, ray_sessi
     from toolkit.loops.off_policy import OffPolicyLoop
 
     spec = registry.agent("dqn")
-    config = build_config(spec, set_items=["buffer_size=1000", "learning_starts=1000"])
+    config = build_config(spec, set_items=["buffer_size=1000", "learning_starts=100", "batch_size=16"])
     env = make_env("CartPole-v1")
     loops = []
     for cls, workers in ((OffPolicyLoop, 0), (DistributedOffPolicyLoop, 2)):
@@ -82,10 +82,15 @@ def test_off_policy_transitions_match_the_local_buffer(tmp_path: Path, ray_sessi
     for name in ("obs", "actions", "rewards", "next_obs", "dones", "episode_step"):
         a, b = getattr(local.buffer, name), getattr(remote.buffer, name)
         assert (a.shape, a.dtype) == (b.shape, b.dtype), name
-    # Random actions on the runners, episodes counted from 0 and ended by termination.
+    # Both actions taken, episodes counted from 0 and ended by termination.
     assert set(remote.buffer.actions[:300].tolist()) == {0, 1}
     assert remote.buffer.episode_step[:300].min() == 0 and remote.buffer.dones[:300].sum() > 0
     assert read_metrics(remote.run_dir, "episode")
+    # Random actions until learning starts, then the policy's: the learner's DQN counts the
+    # steps its runner copies acted (its epsilon schedule), as the local one does.
+    assert int(local.agent.acting_steps) == 200
+    assert 0 < int(remote.agent.acting_steps) <= 200
+    assert remote.updates == local.updates > 0  # updates_per_step per train_every steps, as locally
 
 
 def _kill_runner_after(monkeypatch: pytest.MonkeyPatch, publishes: int, ray: Any) -> list[int]:
