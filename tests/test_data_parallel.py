@@ -1,11 +1,15 @@
 """Data-parallel offline training on Ray Train workers (``toolkit train ... --workers N``):
-learning on the scripted PointMass dataset, replicas that stay equal, the run directory that
-`toolkit eval` and `toolkit resume` use, exact resume, and clear errors for resources the
+learning on the scripted PointMass dataset, replicas that stay equal, Ctrl-C, the run directory
+that `toolkit eval` and `toolkit resume` use, exact resume, and clear errors for resources the
 cluster does not have. One small local Ray serves the whole session (``ray_session``)."""
 
 from __future__ import annotations
 
 import json
+import os
+import signal
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -14,6 +18,7 @@ import torch
 from conftest import assert_clean_error
 from test_offline import ENV, random_policy_return, scripted_dataset
 from toolkit.data import save_dataset
+from toolkit.distributed.data_parallel import STOP_CHECK_EVERY
 from toolkit.runs import CHECKPOINT, load_checkpoint
 
 pytestmark = pytest.mark.usefixtures("ray_session")
@@ -50,23 +55,44 @@ def _stopped_and_resumed(cli, run: Path, dataset: Path) -> None:
     assert resumed.exit_code == 0, resumed.output
 
 
-def test_decision_lstm_on_two_workers_learns_stays_in_sync_and_resumes(cli, tmp_path: Path, dataset_file: Path) -> None:
+def _ctrl_c_once_logging(run: Path, timeout: float = 300.0) -> None:
+    """Press Ctrl-C (SIGINT to this process, as a terminal would) once the run logs training."""
+    deadline = time.monotonic() + timeout
+    metrics = run / "metrics.jsonl"
+    while time.monotonic() < deadline:
+        if metrics.exists() and '"kind": "train"' in metrics.read_text():
+            os.kill(os.getpid(), signal.SIGINT)
+            return
+        time.sleep(0.2)
+
+
+def test_decision_lstm_on_two_workers_learns_stays_in_sync_stops_on_ctrl_c_and_resumes(
+    cli, tmp_path: Path, dataset_file: Path
+) -> None:
     run = tmp_path / "run"
-    _stopped_and_resumed(cli, run, dataset_file)
+    threading.Thread(target=_ctrl_c_once_logging, args=(run,), daemon=True).start()
+    stopped = cli("train", "decision-lstm", "--steps", "100000", "--dataset", dataset_file, "--run-dir", run, *COMMON)
+    # Ctrl-C: every worker stops at the same step, and rank 0 checkpoints it.
+    assert stopped.exit_code == 130, stopped.output
+    assert "Interrupted at step" in stopped.output and "toolkit resume" in stopped.output
+    done = load_checkpoint(run / CHECKPOINT)["counters"]["step"]
+    assert STEPS // 2 <= done < 100_000 and done % STOP_CHECK_EVERY == 0
+    resumed = cli("resume", run, "--steps", done + STEPS // 2, "--no-progress")  # on two workers again
+    assert resumed.exit_code == 0, resumed.output
 
     # It learns: the data's controller returns about -4, random actions about -40.
     evals = _records(run, "eval")
-    assert [r["step"] for r in evals] == [STEPS // 2, STEPS]
+    assert [r["step"] for r in evals] == list(range(STEPS // 2, done + STEPS // 2 + 1, STEPS // 2))
     assert random_policy_return() < -25
     assert evals[-1]["return_mean"] > -10, evals
     # Gradients were averaged, so the two replicas ended both parts with identical parameters.
     syncs = _records(run, "data_parallel")
-    assert [r["step"] for r in syncs] == [STEPS // 2, STEPS]
+    assert [r["step"] for r in syncs] == [done, done + STEPS // 2]
     assert all(r["workers"] == 2 and r["effective_batch_size"] == 64 for r in syncs)
     assert all(r["max_parameter_difference"] == 0.0 for r in syncs)
     # The local loop's layout and checkpoint format, plus each worker's own random streams.
     state = load_checkpoint(run / CHECKPOINT)
-    assert state["counters"]["step"] == STEPS and len(state["worker_streams"]) == 2
+    assert state["counters"]["step"] == done + STEPS // 2 and len(state["worker_streams"]) == 2
     assert not torch.equal(state["worker_streams"][0]["sampler"]["generator"],
                            state["worker_streams"][1]["sampler"]["generator"])  # own windows per worker
     evaluated = cli("eval", run, "--episodes", "3")

@@ -23,14 +23,18 @@ layout and format of :class:`~toolkit.loops.offline.OfflineLoop`, so ``toolkit e
 ``toolkit resume`` work on the result (resume trains on the run's ``--workers`` again; a local
 OfflineLoop loads the checkpoint too, ignoring the extra key). The checkpoint also carries
 every worker's sampler and torch random state, so a data-parallel run resumed with the same
-number of workers continues exactly. On a multi-node cluster the run directory
+number of workers continues exactly. Ctrl-C on the driver stops every worker at the same step
+(they check every ``STOP_CHECK_EVERY`` steps) with a checkpoint; a second Ctrl-C stops at
+once, leaving the last periodic checkpoint. On a multi-node cluster the run directory
 must be on storage that rank 0's node and the driver share (the driver reads the final
 checkpoint from it). One worker (``--workers 1``) reproduces the local loop exactly.
 """
 
 from __future__ import annotations
 
+import signal
 import tempfile
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -48,6 +52,8 @@ from toolkit.offline import OfflineAgent
 from toolkit.progress import TrainingProgress
 from toolkit.runs import CHECKPOINT, RunSettings, load_checkpoint, save_checkpoint
 
+#: Gradient steps between the workers' checks for a Ctrl-C on the driver (one broadcast each).
+STOP_CHECK_EVERY = 10
 #: Key of the per-worker random streams in a data-parallel checkpoint (ignored by OfflineLoop).
 WORKER_STREAMS = "worker_streams"
 
@@ -93,12 +99,14 @@ class DataParallelOfflineLoop:
         gpus = s.gpus_per_worker
         resources: dict[str, float] = {"CPU": 1.0, **({"GPU": gpus} if gpus > 0 else {})}
         require_resources(ray, {k: v * s.workers for k, v in resources.items()}, f"--workers {s.workers}")
+        stop = ray.remote(num_cpus=0)(StopSignal).remote()
         job = {
             "settings": s.to_dict(),
             "run_dir": str(self.run_dir.resolve()),
             "total_steps": int(total_steps),
             "dataset": ray.put(self.dataset),
             "state": ray.put(_to_cpu(self._resume_state)) if self._resume_state is not None else None,
+            "stop": stop,
         }
         if self.show_progress:
             from rich.console import Console
@@ -118,17 +126,65 @@ class DataParallelOfflineLoop:
                 torch_config=TorchConfig(backend="nccl" if gpus > 0 else "gloo"),
                 run_config=RunConfig(name=f"{s.agent}-{self.run_dir.name}", storage_path=storage),
             )
-            try:
-                trainer.fit()
-            except Exception as exc:  # Ray wraps the worker's exception; report its first line
-                raise ToolkitError(f"Data-parallel training failed on a Ray worker: {_reason(exc)}") from None
+            interrupted = _fit_stopping_on_ctrl_c(trainer, stop)
         state = load_checkpoint(self.run_dir / CHECKPOINT, device=self.device)
         self.agent.load_state_dict(state["agent"])
         counters = state["counters"]
-        result = LoopResult(int(counters["step"]), False, counters["last_return"])
+        step = int(counters["step"])
+        result = LoopResult(step, interrupted and step < total_steps, counters["last_return"])
         if hasattr(result, "return_source"):  # offline runs report their last evaluation's return
             result.return_source = OfflineLoop.return_source  # type: ignore[attr-defined]
         return result
+
+
+class StopSignal:
+    """A Ray actor the driver sets on Ctrl-C; rank 0 reads it, and tells the other workers."""
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    def request(self) -> None:
+        self.requested = True
+
+    def is_requested(self) -> bool:
+        return self.requested
+
+
+def _fit_stopping_on_ctrl_c(trainer: Any, stop: Any) -> bool:
+    """``trainer.fit()``; the first Ctrl-C asks the workers to stop together at their next
+    check, with a checkpoint, the second stops at once. Returns whether Ctrl-C was pressed.
+
+    ``fit`` runs in a thread: there Ray Train installs no SIGINT handler of its own (which
+    would abort the workers without a checkpoint), and this thread keeps handling signals."""
+    failure: list[BaseException] = []
+    pressed = False
+
+    def fit() -> None:
+        try:
+            trainer.fit()
+        except BaseException as exc:
+            failure.append(exc)
+
+    def on_sigint(signum: int, frame: Any) -> None:
+        nonlocal pressed
+        if pressed:  # a second Ctrl-C means now
+            raise KeyboardInterrupt
+        pressed = True
+        stop.request.remote()
+
+    thread = threading.Thread(target=fit, name="toolkit-ray-train-fit", daemon=True)
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, on_sigint) if in_main_thread else None
+    try:
+        thread.start()
+        while thread.is_alive():
+            thread.join(0.2)
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGINT, previous)
+    if failure:  # Ray wraps the worker's exception; report its first line
+        raise ToolkitError(f"Data-parallel training failed on a Ray worker: {_reason(failure[0])}") from None
+    return pressed
 
 
 def _reason(exc: BaseException) -> str:
@@ -180,6 +236,7 @@ def _train_worker(job: dict[str, Any]) -> None:
     env_id = settings.env
     loop = WorkerLoop(rank, world, session.agent, session.config, settings, lambda: make_env(env_id),
                       run_dir, session.device, ray.get(job["dataset"]))
+    loop.stop_signal = job["stop"]
     if job["state"] is not None:
         loop.load_state_dict(ray.get(job["state"]))
     loop.synchronise()
@@ -259,6 +316,9 @@ class WorkerLoop(OfflineLoop):
             settings = replace(settings, log_every=0, eval_every=0)
         super().__init__(agent, config, settings, make_env, run_dir, device, dataset, progress=False)
         self.rank, self.world = rank, world
+        #: The driver's :class:`StopSignal` actor (read by rank 0), and its pending answer.
+        self.stop_signal: Any = None
+        self._stop_answer: Any = None
         # Rank 0 keeps the run's own streams, so one worker reproduces the local loop exactly.
         self._reseed(settings.seed + rank)
 
@@ -306,6 +366,29 @@ class WorkerLoop(OfflineLoop):
             save_checkpoint(self.run_dir / CHECKPOINT, state)
 
     # --- the run ------------------------------------------------------------------------------
+
+    def after_steps(self, previous_step: int) -> None:
+        super().after_steps(previous_step)
+        if self.step % STOP_CHECK_EVERY == 0:
+            self._check_stop()
+
+    def _check_stop(self) -> None:
+        """Every worker learns whether to stop at this same step (rank 0 asks the driver's
+        signal without waiting for the answer, and broadcasts what it knows)."""
+        import ray
+        import torch.distributed as dist
+
+        flag = torch.zeros(1, device=self.device)
+        if self.rank == 0 and self.stop_signal is not None:
+            if self._stop_answer is None:
+                self._stop_answer = self.stop_signal.is_requested.remote()
+            ready, _ = ray.wait([self._stop_answer], timeout=0)
+            if ready:
+                flag.fill_(float(ray.get(ready[0])))
+                self._stop_answer = None
+        dist.broadcast(flag, src=0)
+        if flag.item():
+            self._stop_requested = True
 
     def train_until(self, total_steps: int, bar: TrainingProgress) -> None:
         super().train_until(total_steps, bar)
