@@ -107,3 +107,17 @@ def test_summary_counts_failed_trials_apart() -> None:
     assert (best.configuration, best.mean, best.std, best.n, best.failed) == (1, 50.0, 0.0, 1, 1)
     assert (other.configuration, other.mean, other.n, other.failed) == (0, 15.0, 2, 0)
     assert other.std == pytest.approx(7.0710678)  # sample std over seeds
+
+
+def test_a_failing_trial_is_reported_in_the_tables_not_raised(ray_session, tmp_path: Path) -> None:
+    """A trial that fails (here: a setting that plan_sweep would have refused) gets an error
+    row and counts as failed in the summary; the sweep itself finishes."""
+    from toolkit.distributed.sweep import run_sweep
+
+    plan = plan_sweep("dqn", "CartPole-v1", ["lr=1e-3"])
+    plan.training["set_items"] = ["gamma=not-a-number"]
+    result = run_sweep(plan, tmp_path / "sweep")
+    (row,) = _rows(tmp_path / "sweep" / "results.csv")
+    assert row["final_return"] == "" and "'gamma' expects float" in row["error"]
+    (summary,) = result.summary
+    assert (summary.n, summary.failed, summary.mean) == (0, 1, None)
