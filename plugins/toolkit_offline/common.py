@@ -82,8 +82,8 @@ class OfflinePolicyAgent(OfflineAgent):
         self.normalizer.set(stats, self.config.return_scale, self.config.target_return)
 
     def gradient_step(self, loss: torch.Tensor) -> torch.Tensor:
-        """One AdamW step on ``loss`` (gradient norm clipped) and a scheduler tick; returns the norm."""
-        self.model.train()
+        """One AdamW step on ``loss`` (gradient norm clipped) and a scheduler tick; returns the norm.
+        (Subclasses switch the model to train mode before their forward pass, not here.)"""
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         params = [p for p in self.model.parameters() if p.grad is not None]
