@@ -12,6 +12,7 @@ from typing import Any
 
 from toolkit import __version__
 from toolkit.config import apply_overrides, from_dict, load_yaml_overrides, parse_set_options, to_dict, validate
+from toolkit.distributed.remote_learner import learner_on_cluster_gpu, run_remote_learner
 from toolkit.envs import check_agent_fits, check_env_id, make_env
 from toolkit.errors import ToolkitError
 from toolkit.registry import AgentSpec, registry
@@ -62,11 +63,12 @@ class Session:
     device: Any
 
 
-def _session(settings: RunSettings, config: Any, spec: AgentSpec) -> Session:
-    """Build the agent for ``settings.env`` on the chosen device, seeded."""
+def _session(settings: RunSettings, config: Any, spec: AgentSpec, device_name: str | None = None) -> Session:
+    """Build the agent for ``settings.env`` on the chosen device (``device_name`` overrides the
+    run's, e.g. on a cluster GPU), seeded."""
     import torch
 
-    device = resolve_device(settings.device)
+    device = resolve_device(device_name or settings.device)
     torch.manual_seed(settings.seed)
     env = make_env(settings.env)
     check_agent_fits(spec, settings.env, env)
@@ -101,7 +103,10 @@ def start_training(
     Offline agents need ``dataset`` (a D4RL HDF5 file or a Minari dataset) and count ``steps``
     in gradient steps; online agents count environment steps and refuse a dataset. Offline
     runs evaluate ten times over the run unless ``eval_every`` says otherwise. ``workers > 0``
-    uses Ray: env-runner actors for online agents, data-parallel workers for offline ones."""
+    uses Ray: env-runner actors for online agents, data-parallel workers for offline ones. With
+    ``workers > 0`` and ``device="cuda"`` on a driver without CUDA, the learner runs on a GPU
+    of the Ray cluster (:mod:`toolkit.distributed.remote_learner`); the run directory must then
+    be on storage that GPU node writes to (the same machine or a shared filesystem)."""
     if steps is not None and steps <= 0:
         raise ToolkitError(f"--steps must be a positive number of steps, got {steps}.")
     _check_ray_options(workers, envs_per_worker, gpus_per_worker)
@@ -125,9 +130,19 @@ def start_training(
     )
     if run_dir is not None and run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
         create_run_dir(run_dir)  # raises before any work is done
-    session = _session(settings, config, spec)
+    path = run_dir or default_run_dir(runs_root, agent, env, seed)
+    if learner_on_cluster_gpu(workers, device, address):
+        return run_remote_learner(_train_new, settings, config, path.resolve(), run_dir=path.resolve())
+    return _train_new(settings, config, path, progress)
+
+
+def _train_new(settings: RunSettings, config: Any, path: Path, progress: bool,
+               device: str | None = None) -> tuple[Path, Any]:
+    """Build the session, create the run directory, train (here, or in a remote learner)."""
+    spec = registry.agent(settings.agent)
+    session = _session(settings, config, spec, device)
     data = _load_checked_dataset(session) if spec.kind == "offline" else None
-    path = create_run_dir(run_dir or default_run_dir(runs_root, agent, env, seed))
+    path = create_run_dir(path)
     save_settings(path, settings)
     return path, _loop(session, path, progress, data).run(settings.steps)
 
@@ -173,12 +188,12 @@ def _load_checked_dataset(session: Session) -> Any:
     return data
 
 
-def open_run(run_dir: Path) -> Session:
-    """Rebuild a run's agent (untrained) from its config.yaml."""
+def open_run(run_dir: Path, device: str | None = None) -> Session:
+    """Rebuild a run's agent (untrained) from its config.yaml (on ``device``, default the run's)."""
     settings = load_settings(run_dir)
     spec = registry.agent(settings.agent)
     config = from_dict(spec.config, settings.agent_config)
-    return _session(settings, config, spec)
+    return _session(settings, config, spec, device)
 
 
 def open_trained_run(run_dir: Path) -> tuple[Session, int]:
@@ -194,10 +209,15 @@ def open_trained_run(run_dir: Path) -> tuple[Session, int]:
 
 
 def resume_training(run_dir: Path, steps: int | None = None, progress: bool = True,
-                    address: str | None = None) -> tuple[Path, Any]:
+                    address: str | None = None, device: str | None = None) -> tuple[Path, Any]:
     """Continue a run from its last checkpoint up to ``steps`` (default: the run's own target);
-    a run with Ray workers may continue on another cluster (``address``)."""
-    session = open_run(run_dir)
+    a run with Ray workers may continue on another cluster (``address``), its learner on a
+    cluster GPU as in :func:`start_training`. ``device`` overrides the run's device here."""
+    saved = load_settings(run_dir)
+    if device is None and learner_on_cluster_gpu(saved.workers, saved.device, address or saved.address):
+        return run_remote_learner(resume_training, run_dir.resolve(), steps, run_dir=run_dir.resolve(),
+                                  address=address)
+    session = open_run(run_dir, device)
     if address is not None:
         session.settings.address = address
     state = load_checkpoint(run_dir / CHECKPOINT, device=session.device)
