@@ -9,8 +9,9 @@ directory as usual.
 
 The run directory is written by the GPU node, so it must be on storage that node writes to and
 this machine reads: the same machine, or a shared filesystem mounted at the same path.
-Ctrl-C on the driver cancels the task; the loop stops with a checkpoint, and checkpoints are
-written atomically, so the last one stays valid for ``toolkit resume`` either way.
+Ctrl-C on the driver asks the task's loop to stop through a ``STOP`` file in the run directory;
+the loop finishes its update and writes its checkpoint (a second Ctrl-C cancels the task at
+once; checkpoints are written atomically, so the last one stays valid for ``toolkit resume``).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from typing import Any
 from toolkit.distributed.cluster import init_ray
 from toolkit.errors import ToolkitError
 
-#: Seconds the driver waits, after Ctrl-C, for the cancelled learner to write its checkpoint.
+#: Seconds the driver waits, after Ctrl-C, for the stopping learner to write its checkpoint.
 CANCEL_GRACE_S = 60.0
 
 
@@ -74,11 +75,15 @@ def run_remote_learner(fn: Callable[..., tuple[Path, Any]], *args: Any, run_dir:
     try:
         return _get(ray, ref)
     except KeyboardInterrupt:
-        ray.cancel(ref)
+        # Ask the loop to stop the way Ctrl-C would locally: it finishes its update, writes its
+        # checkpoint and returns. (ray.cancel would interrupt it mid-step, without a checkpoint.)
+        from toolkit.loops.base import STOP_FILE
+
+        (run_dir / STOP_FILE).touch()
         try:
             ray.wait([ref], timeout=CANCEL_GRACE_S)
-        except KeyboardInterrupt:  # a second Ctrl-C: stop waiting
-            pass
+        except KeyboardInterrupt:  # a second Ctrl-C: stop at once
+            ray.cancel(ref, force=True)
         raise ToolkitError(
             f"Stopped the learner on the cluster; its last checkpoint in {run_dir} is valid, "
             f"continue with `toolkit resume {run_dir}`."

@@ -23,6 +23,10 @@ from toolkit.progress import TrainingProgress
 from toolkit.runs import CHECKPOINT, MetricsLogger, RunSettings, save_checkpoint
 
 
+#: A file in the run directory that asks a running loop to stop with a checkpoint.
+STOP_FILE = "STOP"
+
+
 @dataclass
 class LoopResult:
     """How a call to :meth:`TrainingLoop.run` ended."""
@@ -61,6 +65,7 @@ class TrainingLoop:
         self._metric_sums: dict[str, torch.Tensor] = {}
         self._metric_count = 0
         self._stop_requested = False
+        self._stop_file_checked = 0.0
         self._eval_env: Any = None
         self._window = (time.perf_counter(), 0)
 
@@ -168,7 +173,18 @@ class TrainingLoop:
 
     @property
     def stop_requested(self) -> bool:
-        """True once Ctrl-C was pressed: finish the current step, checkpoint, return."""
+        """True once Ctrl-C was pressed, or a ``STOP`` file appeared in the run directory:
+        finish the current step, checkpoint, return. The file is how a loop running where no
+        terminal reaches it (a Ray task on a cluster GPU) is stopped cleanly; it is looked
+        for at most once a second, so the check costs nothing per step."""
+        if not self._stop_requested:
+            now = time.monotonic()
+            if now - self._stop_file_checked >= 1.0:
+                self._stop_file_checked = now
+                stop_file = self.run_dir / STOP_FILE
+                if stop_file.exists():
+                    stop_file.unlink(missing_ok=True)
+                    self._stop_requested = True
         return self._stop_requested
 
     def _request_stop(self, signum: int, frame: Any) -> None:
@@ -181,6 +197,7 @@ class TrainingLoop:
     def run(self, total_steps: int) -> LoopResult:
         """Train until ``total_steps`` env steps; Ctrl-C stops cleanly with a checkpoint."""
         self.logger = MetricsLogger(self.run_dir)
+        (self.run_dir / STOP_FILE).unlink(missing_ok=True)  # a stale request must not stop this run
         in_main_thread = threading.current_thread() is threading.main_thread()
         previous_handler = signal.signal(signal.SIGINT, self._request_stop) if in_main_thread else None
         self._window = (time.perf_counter(), self.step)
