@@ -118,7 +118,7 @@ def run_toolkit(algo: str, protocol: Protocol, seed: int) -> Outcome:
     from toolkit.envs import make_env
     from toolkit.registry import registry
     from toolkit.runs import RunSettings
-    from toolkit.training import build_config
+    from toolkit.session import build_config
 
     spec = registry.agent(algo)
     config = build_config(spec, set_items=MATCHED[algo]["toolkit"])

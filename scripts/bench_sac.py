@@ -30,7 +30,7 @@ def toolkit_steps_per_second(env_id: str, warmup: int, steps: int, device: str, 
     from toolkit.loops.off_policy import OffPolicyLoop
     from toolkit.registry import registry
     from toolkit.runs import RunSettings
-    from toolkit.training import build_config
+    from toolkit.session import build_config
 
     spec = registry.agent("sac")
     config = build_config(spec, set_items=[f"learning_starts={warmup}", "batch_size=256", "hidden_sizes=256,256"])

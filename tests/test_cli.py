@@ -48,7 +48,7 @@ def test_describe_lists_fields_with_defaults(cli) -> None:
 
 
 def test_unknown_agent_suggests(cli, tmp_path) -> None:
-    assert_clean_error(cli("train", "sacc", "--env", "Pendulum-v1", "--run-dir", tmp_path / "r"), "Unknown agent 'sacc'", "Did you mean 'sac'")
+    assert_clean_error(cli("train", "sacc", "--env", "Pendulum-v1", "--run-dir", tmp_path / "r"), "Unknown agent or model 'sacc'", "Did you mean 'sac'")
     assert_clean_error(cli("describe", "sca"), "Unknown agent", "'sac'")
     assert not (tmp_path / "r").exists()
 

@@ -297,7 +297,7 @@ def test_collect_replay_from_sac_run(cli, sac_run, tmp_path):
 def test_collect_medium_with_noise_from_sac_run(cli, sac_run, tmp_path):
     import torch
 
-    from toolkit.training import open_trained_run
+    from toolkit.session import open_trained_run
 
     noisy, clean = tmp_path / "noisy.hdf5", tmp_path / "clean.hdf5"
     for out, noise in ((noisy, "0.1"), (clean, "0")):

@@ -19,7 +19,7 @@ from toolkit.envs import make_env
 from toolkit.loops.on_policy import OnPolicyLoop
 from toolkit.registry import registry
 from toolkit.runs import MetricsLogger, RunSettings
-from toolkit.training import build_config
+from toolkit.session import build_config
 from toolkit_pg.policies import (
     ActorCritic,
     categorical_entropy,

@@ -161,7 +161,7 @@ def test_env_and_model_plugins_are_discovered_in_their_groups(site: Site) -> Non
             class Config:
                 pass
 
-            MODEL = ModelSpec(name="fake-model", config=Config, factory="builtins:dict", api_version=1)
+            MODEL = ModelSpec(name="fake-model", config=Config, factory="builtins:dict", kind="generative", api_version=1)
         """)},
     )
     registry = Registry()
@@ -170,7 +170,7 @@ def test_env_and_model_plugins_are_discovered_in_their_groups(site: Site) -> Non
     [model] = by_name(entries, "fake-model")
     [not_model] = by_name(entries, "fake-not-model")
     assert (env.group, env.kind, env.status) == (ENVS, "env", "ok")
-    assert (model.group, model.kind, model.status) == (MODELS, "model", "ok")
+    assert (model.group, model.kind, model.status) == (MODELS, "generative", "ok")  # a model's kind, as agents show theirs
     assert isinstance(registry.get(MODELS, "fake-model"), ModelSpec)
     assert callable(registry.get(ENVS, "fake-envs"))
     assert not_model.status == "broken" and "not a ModelSpec" in not_model.reason

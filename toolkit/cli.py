@@ -1,6 +1,7 @@
 """The `toolkit` command line: parse, look up the registry, hand over.
 
-No algorithm is imported by name here; agents come from the ``toolkit.agents`` entry points.
+No algorithm is imported by name here; agents and models come from the ``toolkit.agents``
+and ``toolkit.models`` entry points.
 """
 
 from __future__ import annotations
@@ -10,50 +11,43 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from toolkit.console import console, err_console
+from toolkit.console import fail as _fail
 from toolkit.errors import ToolkitError
 
 app = typer.Typer(
     name="toolkit",
-    help="Train, evaluate and resume reinforcement-learning agents; every agent is a plugin.",
+    help="Train, evaluate and resume reinforcement-learning agents and generative models; every learner is a plugin.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console()
-err_console = Console(stderr=True)
-
-
-def _fail(exc: ToolkitError) -> None:
-    err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
-    raise typer.Exit(exc.exit_code)
-
 
 @app.command()
 def train(
-    agent: Annotated[str, typer.Argument(help="Agent name, as listed by `toolkit list`.")],
-    env: Annotated[str, typer.Option("--env", "-e", help="Gymnasium environment id, e.g. Hopper-v4.")],
-    steps: Annotated[Optional[int], typer.Option(help="Environment steps to train; gradient steps for offline agents (default: the agent's).")] = None,
+    agent: Annotated[str, typer.Argument(help="Agent or model name, as listed by `toolkit list`.")],
+    env: Annotated[Optional[str], typer.Option("--env", "-e", help="Gymnasium environment id, e.g. Hopper-v4 (agents).")] = None,
+    steps: Annotated[Optional[int], typer.Option(help="Environment steps to train; gradient steps for offline agents and models (default: the learner's).")] = None,
     seed: Annotated[int, typer.Option(help="Random seed of env, networks and sampling.")] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     config: Annotated[Optional[Path], typer.Option("--config", help="YAML file of agent settings.")] = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override one agent setting: key=value (repeatable).")] = None,
     run_dir: Annotated[Optional[Path], typer.Option(help="Run directory (default: runs/<agent>/<env>/<time>-s<seed>).")] = None,
-    eval_every: Annotated[int, typer.Option(help="Evaluate every N steps (0: never; offline agents: 10 times a run).")] = 0,
+    eval_every: Annotated[int, typer.Option(help="Evaluate every N steps (0: never for online agents; offline agents and models: 10 times a run).")] = 0,
     eval_episodes: Annotated[int, typer.Option(help="Episodes per periodic evaluation.")] = 5,
     checkpoint_every: Annotated[int, typer.Option(help="Checkpoint every N steps (and always at the end).")] = 10_000,
     log_every: Annotated[int, typer.Option(help="Write training metrics every N steps.")] = 1_000,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = True,
-    dataset: Annotated[Optional[str], typer.Option(help="Offline agents: a D4RL HDF5 file or Minari dataset to learn from.")] = None,
+    dataset: Annotated[Optional[str], typer.Option(help="Models: digits, mnist-5k, mnist1d, a frames .hdf5 file or an MNIST/CIFAR-10 directory. Offline agents: a D4RL HDF5 file or Minari dataset.")] = None,
     workers: Annotated[int, typer.Option(help="Ray workers: env-runner actors (online agents) or data-parallel trainers (offline); 0: no Ray.")] = 0,
     envs_per_worker: Annotated[int, typer.Option(help="Environments each env-runner actor steps side by side.")] = 1,
     gpus_per_worker: Annotated[float, typer.Option(help="GPUs per data-parallel training worker (offline agents).")] = 0.0,
     address: Annotated[Optional[str], typer.Option(help="Ray cluster to join: auto, HOST:PORT or ray://HOST:PORT (default: RAY_ADDRESS, else a local Ray).")] = None,
 ) -> None:
-    """Train AGENT on an environment (online) or on a dataset evaluated in it (offline)."""
+    """Train an AGENT on an environment (online) or a dataset evaluated in it (offline), or a MODEL on a dataset."""
     from toolkit.training import start_training
 
     try:
@@ -99,20 +93,42 @@ def _report(path: Path, result: object) -> None:
 @app.command("eval")
 def eval_(
     run_dir: Annotated[Path, typer.Argument(help="A run directory written by `toolkit train`.")],
-    episodes: Annotated[int, typer.Option(help="Deterministic episodes to run.")] = 10,
-    video: Annotated[bool, typer.Option("--video", help="Also write an MP4 of the first episode.")] = False,
-    seed: Annotated[Optional[int], typer.Option(help="Seed of the evaluation episodes.")] = None,
+    episodes: Annotated[int, typer.Option(help="Agents: deterministic episodes to run.")] = 10,
+    video: Annotated[bool, typer.Option("--video", help="Agents: also write an MP4 of the first episode.")] = False,
+    seed: Annotated[Optional[int], typer.Option(help="Seed of the evaluation episodes (models: of the probes and figures).")] = None,
+    is_samples: Annotated[int, typer.Option(help="Models: importance samples per example for the NLL estimate.")] = 100,
+    figures: Annotated[bool, typer.Option("--figures/--no-figures", help="Models: write PNG figures into the run dir and TensorBoard.")] = True,
 ) -> None:
-    """Evaluate a run's latest checkpoint with its deterministic policy."""
-    from toolkit.training import evaluate_run
+    """Evaluate a run's latest checkpoint: episodes for an agent, a metrics table and figures for a model."""
+    from toolkit.runs import load_settings
 
     try:
+        if load_settings(run_dir).model:
+            _eval_model(run_dir, is_samples, figures, seed or 0)
+            return
+        from toolkit.training import evaluate_run
+
         result, out, video_path = evaluate_run(run_dir, episodes, video, seed)
     except ToolkitError as exc:
         _fail(exc)
     console.print(f"return {result.mean:.1f} ± {result.std:.1f} over {len(result.returns)} episodes -> {out}")
     if video_path is not None:
         console.print(f"video: {video_path}")
+
+
+def _eval_model(run_dir: Path, is_samples: int, figures: bool, seed: int) -> None:
+    from toolkit.training import evaluate_model_run
+
+    report, out, paths = evaluate_model_run(run_dir, is_samples=is_samples, figures=figures, seed=seed)
+    table = Table(title=f"{escape(str(run_dir))} (test split)")
+    table.add_column("metric", no_wrap=True)
+    table.add_column("value", justify="right")
+    for name, value in report.rows():
+        table.add_row(escape(name), value)
+    console.print(table)
+    console.print(f"results: {out}")
+    if paths:
+        console.print(f"figures: {', '.join(str(p) for p in paths)}")
 
 
 @app.command("list")
@@ -140,16 +156,19 @@ def list_() -> None:
 
 
 @app.command()
-def describe(agent: Annotated[str, typer.Argument(help="Agent name, as listed by `toolkit list`.")]) -> None:
-    """Show an agent's settings with their defaults and help; set them with --set key=value."""
+def describe(name: Annotated[str, typer.Argument(help="Agent or model name, as listed by `toolkit list`.")]) -> None:
+    """Show an agent's or model's settings with their defaults and help; set them with --set key=value."""
     from toolkit.config import describe as describe_config
-    from toolkit.registry import registry
+    from toolkit.registry import AgentSpec, registry
 
     try:
-        spec = registry.agent(agent)
+        spec = registry.learner(name)
     except ToolkitError as exc:
         _fail(exc)
-    console.print(f"[bold]{spec.name}[/] ({spec.kind}; actions: {', '.join(spec.action_spaces)}): {spec.description}")
+    if isinstance(spec, AgentSpec):
+        console.print(f"[bold]{spec.name}[/] ({spec.kind}; actions: {', '.join(spec.action_spaces)}): {spec.description}")
+    else:
+        console.print(f"[bold]{spec.name}[/] (model, {spec.kind}; trains with --dataset SOURCE): {spec.description}")
     table = Table()
     table.add_column("key", no_wrap=True)  # keys are what users type: never cut them
     table.add_column("type")
@@ -200,7 +219,7 @@ def sweep(
 
 from toolkit.dataset_cli import dataset_app  # noqa: E402  (cheap: no torch at import)
 
-app.add_typer(dataset_app, name="dataset", help="Collect offline datasets from trained runs and inspect them.")
+app.add_typer(dataset_app, name="dataset", help="Collect offline datasets and env frames; inspect datasets.")
 
 
 def main() -> None:

@@ -129,8 +129,10 @@ def load_yaml_overrides(path: Path) -> dict[str, Any]:
         raise ToolkitError(f"Config file {path} is not valid YAML: {str(exc).splitlines()[0]}.") from None
     if not isinstance(data, dict):
         raise ToolkitError(f"Config file {path} must hold a mapping of setting: value, not {type(data).__name__}.")
-    if "agent_config" in data and isinstance(data["agent_config"], dict):  # a run's resolved config
-        data = data["agent_config"]
+    for key in ("agent_config", "model_config"):  # a run's resolved config
+        if data.get(key) and isinstance(data[key], dict):
+            data = data[key]
+            break
     return flatten(data)
 
 

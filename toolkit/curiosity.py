@@ -32,37 +32,17 @@ from torch import nn
 
 from toolkit.agent import Agent, Batch, Rollout
 from toolkit.configs import CuriosityConfig
-from toolkit.networks import mlp
+from toolkit.nn import ICMConvEncoder, mlp
 
 
 def _encoder(observation_space: gym.spaces.Box, config: CuriosityConfig) -> nn.Module:
-    """An MLP for vector observations, a small convolutional net for images (C, H, W) or (H, W, C)."""
+    """An MLP for vector observations, the paper's convolutional net for images (C, H, W) or (H, W, C)."""
     shape = observation_space.shape
     if len(shape) == 1:
         return nn.Sequential(mlp(shape[0], [config.hidden_size], config.feature_dim, nn.ELU), nn.ELU())
     if len(shape) == 3:
-        channels = shape[0] if shape[0] <= 4 else shape[-1]
-        conv = nn.Sequential(  # four stride-2 3x3 convolutions with ELU, as in the paper
-            nn.Conv2d(channels, 32, 3, stride=2, padding=1), nn.ELU(),
-            nn.Conv2d(32, 32, 3, stride=2, padding=1), nn.ELU(),
-            nn.Conv2d(32, 32, 3, stride=2, padding=1), nn.ELU(),
-            nn.Conv2d(32, 32, 3, stride=2, padding=1), nn.ELU(),
-            nn.Flatten(),
-        )
-        return nn.Sequential(_ImageInput(channels_last=shape[0] > 4), conv, nn.LazyLinear(config.feature_dim))
+        return ICMConvEncoder(shape, config.feature_dim)
     raise ValueError(f"curiosity supports vector or image observations, not shape {shape}")
-
-
-class _ImageInput(nn.Module):
-    """Scale uint8 pixels to [0, 1] and move channels first if needed."""
-
-    def __init__(self, channels_last: bool) -> None:
-        super().__init__()
-        self.channels_last = channels_last
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.float() / 255.0 if not x.is_floating_point() else x
-        return x.movedim(-1, -3) if self.channels_last else x
 
 
 class ICM(nn.Module):
@@ -154,10 +134,6 @@ class CuriousAgent(Agent):
         # The bonus is paid on each batch's first transition (``rewards``); later rewards of an
         # n-step window stay extrinsic, a bias that shrinks with gamma^i.
         self.n_step = agent.n_step
-        if any(isinstance(p, nn.parameter.UninitializedParameter) for p in self.icm.parameters()):
-            with torch.no_grad():  # materialise lazy layers before the optimiser sees them
-                sample = torch.as_tensor(observation_space.sample()[None], device=device)
-                self.icm.encoder(sample)
         self.optimizer = torch.optim.Adam(self.icm.parameters(), lr=config.lr)
         self.checkpointed = {"agent": agent, "icm": self.icm, "icm_optimizer": self.optimizer}
 

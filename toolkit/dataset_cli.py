@@ -1,4 +1,4 @@
-"""`toolkit dataset ...`: build offline datasets from trained runs and inspect them.
+"""`toolkit dataset ...`: build offline datasets from trained runs, record env frames, inspect datasets.
 
 Importing this module stays cheap (no torch, h5py or minari): `toolkit list` and `--help`
 load it with the rest of the CLI, so the heavy imports live inside the commands.
@@ -11,10 +11,11 @@ from typing import Annotated, Optional
 
 import typer
 
+from toolkit.console import console, fail as _fail
 from toolkit.errors import ToolkitError
 
 dataset_app = typer.Typer(
-    help="Collect offline datasets (D4RL HDF5 or Minari) from trained runs and inspect them.",
+    help="Collect offline datasets (D4RL HDF5 or Minari) and env frames; inspect datasets.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -24,13 +25,6 @@ MinariRoot = Annotated[
     Optional[Path],
     typer.Option("--minari-root", help="Where Minari datasets live (default: $MINARI_DATASETS_PATH or ~/.minari/datasets)."),
 ]
-
-
-def _fail(exc: ToolkitError) -> None:
-    # Imported here: toolkit.cli imports this module while it is being built.
-    from toolkit.cli import _fail as fail
-
-    fail(exc)
 
 
 def _refuse_existing(out: str, format: str, minari_root: Path | None) -> None:
@@ -59,7 +53,6 @@ def collect(
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = True,
 ) -> None:
     """Record a dataset from a trained run (or random actions) and write it to --out."""
-    from toolkit.cli import console
     from toolkit.data import save_dataset
     from toolkit.data.collect import collect_dataset
 
@@ -89,7 +82,6 @@ def info(
     from rich.markup import escape
     from rich.table import Table
 
-    from toolkit.cli import console
     from toolkit.data import load_dataset
     from toolkit.data.summary import summarize
 
@@ -124,3 +116,27 @@ def info(
     console.print(stats)
     if summary.scores is None:
         console.print(f"No D4RL reference scores for {summary.env_id or 'an unknown env'}; normalised score omitted.")
+
+
+@dataset_app.command()
+def frames(
+    env: Annotated[str, typer.Option("--env", "-e", help="Any gymnasium env that renders rgb_array, e.g. CarRacing-v3 or Hopper-v4.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="The .hdf5 file to write (never overwritten).")],
+    steps: Annotated[int, typer.Option(help="Environment steps (frames) to record.")] = 1_000,
+    size: Annotated[int, typer.Option(help="Side of the square frames in pixels.")] = 64,
+    run_dir: Annotated[Optional[Path], typer.Option("--from", help="A trained run whose policy acts (default: random actions).")] = None,
+    grey: Annotated[bool, typer.Option("--grey", help="Store one grey channel instead of RGB.")] = False,
+    seed: Annotated[int, typer.Option(help="Seed of the env resets and the random actions.")] = 0,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = True,
+) -> None:
+    """Record rendered frames, actions, rewards and episode ends from an env, for models and world models."""
+    from toolkit.data.frames import record_frames
+
+    try:
+        summary = record_frames(env, steps, size, out, run_dir=run_dir, seed=seed, progress=progress, grey=grey)
+    except ToolkitError as exc:
+        _fail(exc)
+    console.print(
+        f"Wrote {summary.frames} frames of {summary.size}x{summary.size} in {summary.episodes} episodes to "
+        f"{summary.path} ({summary.frames / max(summary.seconds, 1e-9):.0f} frames/s)"
+    )

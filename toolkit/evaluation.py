@@ -56,6 +56,10 @@ def evaluate(
     """
     if env is None or video_path is not None:
         env = make_env(env_id, render_mode="rgb_array" if video_path is not None else None)
+        if video_path is not None:
+            from toolkit.data.frames import fast_render_settings
+
+            fast_render_settings(env)  # before the first render: MuJoCo reads them when its context is made
     returns: list[float] = []
     lengths: list[int] = []
     frames: list[np.ndarray] = []

@@ -14,7 +14,8 @@ class TrainingProgress:
     Updating a terminal costs time, so :meth:`update` redraws at most a few times a second.
     """
 
-    def __init__(self, total: int, start: int = 0, enabled: bool = True, description: str = "training") -> None:
+    def __init__(self, total: int, start: int = 0, enabled: bool = True, description: str = "training",
+                 show_return: bool = True) -> None:
         self.enabled = enabled
         self.total, self.start = total, start
         self._progress: Progress | None = None
@@ -23,6 +24,8 @@ class TrainingProgress:
         self._window: tuple[float, int] = (time.perf_counter(), start)
         self._rate = 0.0
         self.description = description
+        #: Models have no episodes: their bar shows the loss note only.
+        self.show_return = show_return
 
     def __enter__(self) -> TrainingProgress:
         if self.enabled:
@@ -31,7 +34,7 @@ class TrainingProgress:
                 BarColumn(),
                 MofNCompleteColumn(),
                 TextColumn("{task.fields[rate]:>7.1f} steps/s"),
-                TextColumn("return {task.fields[ret]}"),
+                *([TextColumn("return {task.fields[ret]}")] if self.show_return else []),
                 TextColumn("{task.fields[note]}"),
                 TimeRemainingColumn(),
             )

@@ -27,9 +27,13 @@ from toolkit.errors import ToolkitError, did_you_mean
 AGENTS = "toolkit.agents"
 ENVS = "toolkit.envs"
 MODELS = "toolkit.models"
+#: Priors over VAE latents (``--set prior=NAME:ARGS``): each names a
+#: :class:`toolkit.nn.priors.Prior` subclass. Not in GROUPS: loading one imports torch.
+PRIORS = "toolkit.priors"
 GROUPS = (AGENTS, ENVS, MODELS)
 
 AgentKind = Literal["off-policy", "on-policy", "offline"]
+ModelKind = Literal["autoencoder", "generative", "classifier", "world-model"]
 SpaceKind = Literal["box", "discrete", "multi-discrete", "multi-binary", "image"]
 
 
@@ -72,14 +76,28 @@ class AgentSpec:
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """What a ``toolkit.models`` entry point names: a vision or generative model."""
+    """What a ``toolkit.models`` entry point names: a vision or generative model.
+
+    ``factory`` is called as ``factory(config, data_spec, device)`` with a
+    :class:`toolkit.model.DataSpec` and returns a :class:`toolkit.model.Model`. Give it as
+    ``"module:function"`` so that listing plugins stays cheap. ``config`` must have a
+    ``batch_size`` field: the model loop samples minibatches of that size.
+    """
 
     name: str
     config: type
     factory: str | Callable[..., Any]
+    kind: ModelKind = "autoencoder"
     description: str = ""
+    #: Gradient steps used when ``--steps`` is not given.
+    default_steps: int = 5_000
     #: The plugin API version the plugin was written for; every plugin must declare it.
     api_version: int | None = None
+
+    def build(self, *args: Any, **kwargs: Any) -> Any:
+        """Import the factory and build the model."""
+        factory = load_object(self.factory) if isinstance(self.factory, str) else self.factory
+        return factory(*args, **kwargs)
 
 
 Status = Literal["ok", "broken", "incompatible", "conflict"]
@@ -102,9 +120,9 @@ class PluginEntry:
     @property
     def kind(self) -> str:
         """The agent kind for agents, the group's noun otherwise."""
-        if isinstance(self.obj, AgentSpec):
+        if isinstance(self.obj, (AgentSpec, ModelSpec)):
             return self.obj.kind
-        return {AGENTS: "agent", ENVS: "env", MODELS: "model"}[self.group]
+        return {AGENTS: "agent", ENVS: "env", MODELS: "model", PRIORS: "prior"}[self.group]
 
     def load(self) -> Any:
         """Import the entry point once; record why it failed instead of raising."""
@@ -187,7 +205,7 @@ class Registry:
 
     def get(self, group: str, name: str) -> Any:
         """Load the plugin called ``name``; a clear :class:`ToolkitError` if that fails."""
-        noun = {AGENTS: "agent", ENVS: "environment plugin", MODELS: "model"}[group]
+        noun = {AGENTS: "agent", ENVS: "environment plugin", MODELS: "model", PRIORS: "prior"}[group]
         matches = [e for e in self.entries(group) if e.name == name]
         if not matches:
             raise ToolkitError(
@@ -208,6 +226,30 @@ class Registry:
     def agents(self) -> list[AgentSpec]:
         """Every agent that loads cleanly."""
         return [e.load() for e in self.entries(AGENTS) if e.load() is not None and e.status == "ok"]
+
+    def model(self, name: str) -> ModelSpec:
+        """The spec of model ``name``."""
+        return self.get(MODELS, name)
+
+    def models(self) -> list[ModelSpec]:
+        """Every model that loads cleanly."""
+        return [e.load() for e in self.entries(MODELS) if e.load() is not None and e.status == "ok"]
+
+    def prior(self, name: str) -> Any:
+        """The :class:`toolkit.nn.priors.Prior` subclass registered as ``name``."""
+        return self.get(PRIORS, name)
+
+    def learner(self, name: str) -> AgentSpec | ModelSpec:
+        """The agent or model called ``name`` (names are unique across both groups in practice;
+        an agent wins a tie). Unknown names get suggestions from both groups."""
+        if any(e.name == name for e in self.entries(AGENTS)):
+            return self.agent(name)
+        if any(e.name == name for e in self.entries(MODELS)):
+            return self.model(name)
+        known = self.names(AGENTS) + self.names(MODELS)
+        raise ToolkitError(
+            f"Unknown agent or model '{name}'.{did_you_mean(name, known)} Run `toolkit list` to see every installed plugin."
+        )
 
 
 #: The process-wide registry used by the CLI.

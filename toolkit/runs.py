@@ -59,13 +59,30 @@ class RunSettings:
     gpus_per_worker: float = 0.0
     #: Ray cluster to join (``auto``, ``HOST:PORT``, ``ray://HOST:PORT``); None: RAY_ADDRESS or a local Ray.
     address: str | None = None
+    #: A model run's model (``agent`` and ``env`` are then empty); None for agent runs.
+    model: str | None = None
+    #: The model's resolved config (a model run's counterpart of ``agent_config``).
+    model_config: dict[str, Any] = field(default_factory=dict)
+    #: Shape of one example a model was built for, checked when the run is resumed or evaluated.
+    data_shape: list[int] | None = None
+
+    @property
+    def learner(self) -> str:
+        """The name of what trains: the model of a model run, else the agent."""
+        return self.model or self.agent
+
+    @property
+    def learner_config(self) -> dict[str, Any]:
+        """The resolved config of the model or agent."""
+        return self.model_config if self.model else self.agent_config
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
 
 
 def default_run_dir(root: Path, agent: str, env: str, seed: int) -> Path:
-    """``root/<agent>/<env>/<YYYYmmdd-HHMMSS>-s<seed>``, never an existing directory."""
+    """``root/<agent>/<env>/<YYYYmmdd-HHMMSS>-s<seed>``, never an existing directory (for a
+    model, ``<env>`` is the dataset's name)."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
     base = root / agent / env.replace("/", "_") / f"{stamp}-s{seed}"
     candidate, n = base, 1

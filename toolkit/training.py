@@ -1,21 +1,22 @@
-"""From a command (train, resume, eval) to a running loop.
+"""From a command (train, resume, eval) to a running loop, for agents and models alike.
 
 Everything here checks user input before anything is written, so a mistake leaves nothing
-behind on disk.
+behind on disk. The learner is built by :mod:`toolkit.session`; the loop that trains it is
+looked up in :data:`LOOPS` by the learner's kind (see ``docs/architecture.md``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from toolkit import __version__
-from toolkit.config import apply_overrides, from_dict, load_yaml_overrides, parse_set_options, to_dict, validate
+from toolkit.config import to_dict
 from toolkit.distributed.remote_learner import learner_on_cluster_gpu, run_remote_learner
-from toolkit.envs import check_agent_fits, check_env_id, make_env
+from toolkit.envs import check_env_id, make_env
 from toolkit.errors import ToolkitError
-from toolkit.registry import AgentSpec, registry
+from toolkit.registry import AgentSpec, ModelSpec, load_object, registry
+from toolkit.session import Session, build_config, build_session, load_model_data, open_run, open_trained_run
 from toolkit.runs import (
     CHECKPOINT,
     RunSettings,
@@ -28,58 +29,26 @@ from toolkit.runs import (
 )
 
 
-def resolve_device(name: str) -> Any:
-    """``auto`` picks CUDA when present; asking for CUDA without one is a clear error."""
-    import torch
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ToolkitError("--device cuda was asked for, but this torch sees no CUDA GPU; use --device cpu or auto.")
-    try:
-        return torch.device(name)
-    except RuntimeError:
-        raise ToolkitError(f"Unknown device '{name}'; use auto, cpu or cuda.") from None
-
-
-def build_config(spec: AgentSpec, config_file: Path | None = None, set_items: list[str] | None = None) -> Any:
-    """The agent's config: defaults, then the YAML file, then ``--set`` overrides, validated."""
-    config = spec.config()
-    if config_file is not None:
-        config = apply_overrides(config, load_yaml_overrides(config_file), source=str(config_file))
-    config = apply_overrides(config, parse_set_options(set_items or []))
-    validate(config)
-    return config
-
-
-@dataclass
-class Session:
-    """An agent built for a run, with what built it."""
-
-    settings: RunSettings
-    spec: AgentSpec
-    config: Any
-    agent: Any
-    device: Any
-
-
-def _session(settings: RunSettings, config: Any, spec: AgentSpec, device_name: str | None = None) -> Session:
-    """Build the agent for ``settings.env`` on the chosen device (``device_name`` overrides the
-    run's, e.g. on a cluster GPU), seeded."""
-    import torch
-
-    device = resolve_device(device_name or settings.device)
-    torch.manual_seed(settings.seed)
-    env = make_env(settings.env)
-    check_agent_fits(spec, settings.env, env)
-    agent = spec.build(config, env.observation_space, env.action_space, str(device))
-    env.close()
-    return Session(settings, spec, config, agent, device)
+#: The loop class of each learner kind, locally and on Ray workers. Named by import path so
+#: that Ray is imported only by runs that use it. Every loop class has
+#: ``from_session(session, run_dir, progress)``.
+LOOPS: dict[tuple[str, bool], str] = {
+    ("off-policy", False): "toolkit.loops.off_policy:OffPolicyLoop",
+    ("off-policy", True): "toolkit.distributed.rollouts:DistributedOffPolicyLoop",
+    ("on-policy", False): "toolkit.loops.on_policy:OnPolicyLoop",
+    ("on-policy", True): "toolkit.distributed.rollouts:DistributedOnPolicyLoop",
+    ("offline", False): "toolkit.loops.offline:OfflineLoop",
+    ("offline", True): "toolkit.distributed.data_parallel:DataParallelOfflineLoop",
+    ("autoencoder", False): "toolkit.loops.model:ModelLoop",
+    ("generative", False): "toolkit.loops.model:ModelLoop",
+    ("classifier", False): "toolkit.loops.model:ModelLoop",
+    ("world-model", False): "toolkit.loops.model:ModelLoop",
+}
 
 
 def start_training(
     agent: str,
-    env: str,
+    env: str | None,
     steps: int | None = None,
     seed: int = 0,
     device: str = "auto",
@@ -100,17 +69,25 @@ def start_training(
 ) -> tuple[Path, Any]:
     """Check everything, create the run directory, train. Returns the run dir and loop result.
 
-    Offline agents need ``dataset`` (a D4RL HDF5 file or a Minari dataset) and count ``steps``
-    in gradient steps; online agents count environment steps and refuse a dataset. Offline
-    runs evaluate ten times over the run unless ``eval_every`` says otherwise. ``workers > 0``
-    uses Ray: env-runner actors for online agents, data-parallel workers for offline ones. With
-    ``workers > 0`` and ``device="cuda"`` on a driver without CUDA, the learner runs on a GPU
-    of the Ray cluster (:mod:`toolkit.distributed.remote_learner`); the run directory must then
-    be on storage that GPU node writes to (the same machine or a shared filesystem)."""
+    ``agent`` names an agent or a model. Models learn from ``dataset`` (a named image source,
+    a frames file or a directory of MNIST/CIFAR files) and count ``steps`` in gradient steps;
+    they take no env. Offline agents need ``dataset`` (a D4RL HDF5 file or a Minari dataset)
+    and count gradient steps too; online agents count environment steps and refuse a dataset.
+    Offline agents and models evaluate ten times over the run unless ``eval_every`` says
+    otherwise. ``workers > 0`` uses Ray: env-runner actors for online agents, data-parallel
+    workers for offline ones. With ``workers > 0`` and ``device="cuda"`` on a driver without
+    CUDA, the learner runs on a GPU of the Ray cluster
+    (:mod:`toolkit.distributed.remote_learner`); the run directory must then be on storage
+    that GPU node writes to (the same machine or a shared filesystem)."""
     if steps is not None and steps <= 0:
         raise ToolkitError(f"--steps must be a positive number of steps, got {steps}.")
     _check_ray_options(workers, envs_per_worker, gpus_per_worker)
-    spec = registry.agent(agent)
+    spec = registry.learner(agent)
+    if isinstance(spec, ModelSpec):
+        return _start_model(spec, env, steps, seed, device, config_file, set_items, run_dir, runs_root,
+                            eval_every, checkpoint_every, log_every, progress, dataset, workers)
+    if env is None:
+        raise ToolkitError(f"Agent '{agent}' needs an environment; pass --env ENV_ID (e.g. --env CartPole-v1).")
     _check_dataset_option(spec, dataset)
     config = build_config(spec, config_file, set_items)
     if workers > 0 and spec.kind == "on-policy":  # one rollout holds every runner's envs
@@ -128,23 +105,71 @@ def start_training(
         dataset=_dataset_reference(dataset), workers=workers, envs_per_worker=envs_per_worker,
         gpus_per_worker=gpus_per_worker, address=address,
     )
-    if run_dir is not None and run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
-        create_run_dir(run_dir)  # raises before any work is done
+    _refuse_existing_run_dir(run_dir)
     path = run_dir or default_run_dir(runs_root, agent, env, seed)
     if learner_on_cluster_gpu(workers, device, address):
         return run_remote_learner(_train_new, settings, config, path.resolve(), run_dir=path.resolve())
     return _train_new(settings, config, path, progress)
 
 
+def _start_model(spec: ModelSpec, env: str | None, steps: int | None, seed: int, device: str,
+                 config_file: Path | None, set_items: list[str] | None, run_dir: Path | None,
+                 runs_root: Path, eval_every: int, checkpoint_every: int, log_every: int,
+                 progress: bool, dataset: str | Path | None, workers: int) -> tuple[Path, Any]:
+    """`toolkit train MODEL --dataset SOURCE`: the model counterpart of :func:`start_training`."""
+    from toolkit.data.images import NAMED_SOURCES
+
+    if env is not None:
+        raise ToolkitError(
+            f"Model '{spec.name}' learns from a dataset, not an environment; drop --env {env} and pass "
+            f"--dataset SOURCE (record an env's frames with `toolkit dataset frames`)."
+        )
+    if dataset is None:
+        raise ToolkitError(
+            f"Model '{spec.name}' needs --dataset SOURCE: one of {', '.join(NAMED_SOURCES)}, a frames .hdf5 file "
+            "or a directory of MNIST IDX files or CIFAR-10 python batches."
+        )
+    if workers > 0:
+        raise ToolkitError(f"Model '{spec.name}' trains in one process; drop --workers.")
+    config = build_config(spec, config_file, set_items)
+    total = steps or spec.default_steps
+    settings = RunSettings(
+        agent="", env="", seed=seed, steps=total, device=device,
+        eval_every=eval_every or max(1, total // 10), eval_episodes=0,
+        checkpoint_every=checkpoint_every, log_every=min(log_every, max(1, total // 20)),
+        toolkit_version=__version__, dataset=_dataset_reference(dataset),
+        model=spec.name, model_config=to_dict(config),
+    )
+    data = load_model_data(settings)  # an unknown source or a broken file fails before any write
+    settings.data_shape = list(data.shape)
+    _refuse_existing_run_dir(run_dir)
+    path = run_dir or default_run_dir(runs_root, spec.name, _dataset_name(dataset), seed)
+    session = build_session(settings, config, data=data)
+    path = create_run_dir(path)
+    save_settings(path, settings)
+    return path, make_loop(session, path, progress).run(settings.steps)
+
+
+def _dataset_name(dataset: str | Path) -> str:
+    """A short name for run directories: a named source as is, a file or folder by its stem."""
+    path = Path(dataset)
+    return path.stem if path.exists() else str(dataset)
+
+
+def _refuse_existing_run_dir(run_dir: Path | None) -> None:
+    if run_dir is not None and run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
+        create_run_dir(run_dir)  # raises before any work is done
+
+
 def _train_new(settings: RunSettings, config: Any, path: Path, progress: bool,
                device: str | None = None) -> tuple[Path, Any]:
     """Build the session, create the run directory, train (here, or in a remote learner)."""
-    spec = registry.agent(settings.agent)
-    session = _session(settings, config, spec, device)
-    data = _load_checked_dataset(session) if spec.kind == "offline" else None
+    session = build_session(settings, config, device)
+    if session.spec.kind == "offline":
+        session.data = _load_checked_dataset(session)
     path = create_run_dir(path)
     save_settings(path, settings)
-    return path, _loop(session, path, progress, data).run(settings.steps)
+    return path, make_loop(session, path, progress).run(settings.steps)
 
 
 def _check_ray_options(workers: int, envs_per_worker: int, gpus_per_worker: float) -> None:
@@ -157,6 +182,14 @@ def _check_ray_options(workers: int, envs_per_worker: int, gpus_per_worker: floa
 
 
 def _check_dataset_option(spec: AgentSpec, dataset: str | Path | None) -> None:
+    from toolkit.data.images import is_image_source
+
+    if dataset is not None and is_image_source(str(dataset)):
+        raise ToolkitError(
+            f"{dataset} is an image dataset, which models learn from; agent '{spec.name}' "
+            + ("learns offline from a D4RL or Minari dataset (make one with `toolkit dataset collect`)."
+               if spec.kind == "offline" else "learns from its own experience; drop --dataset.")
+        )
     if spec.kind == "offline" and dataset is None:
         raise ToolkitError(
             f"Agent '{spec.name}' learns offline from a dataset; pass --dataset FILE "
@@ -168,7 +201,7 @@ def _check_dataset_option(spec: AgentSpec, dataset: str | Path | None) -> None:
 
 def _dataset_reference(dataset: str | Path | None) -> str | None:
     """A file is recorded by absolute path, so `toolkit resume` finds it from any directory;
-    anything else (a Minari dataset id) as given."""
+    anything else (a Minari dataset id, a named image source) as given."""
     if dataset is None:
         return None
     path = Path(dataset)
@@ -188,26 +221,6 @@ def _load_checked_dataset(session: Session) -> Any:
     return data
 
 
-def open_run(run_dir: Path, device: str | None = None) -> Session:
-    """Rebuild a run's agent (untrained) from its config.yaml (on ``device``, default the run's)."""
-    settings = load_settings(run_dir)
-    spec = registry.agent(settings.agent)
-    config = from_dict(spec.config, settings.agent_config)
-    return _session(settings, config, spec, device)
-
-
-def open_trained_run(run_dir: Path) -> tuple[Session, int]:
-    """A run's agent with its latest checkpoint's weights, and the step it was saved at."""
-    session = open_run(run_dir)
-    state = load_checkpoint(run_dir / CHECKPOINT, device=session.device)
-    try:
-        session.agent.load_state_dict(state["agent"])
-        step = int(state["counters"]["step"])
-    except (KeyError, RuntimeError, ValueError, TypeError) as exc:
-        raise ToolkitError(f"Checkpoint {run_dir / CHECKPOINT} does not fit this run's agent ({exc}).") from None
-    return session, step
-
-
 def resume_training(run_dir: Path, steps: int | None = None, progress: bool = True,
                     address: str | None = None, device: str | None = None) -> tuple[Path, Any]:
     """Continue a run from its last checkpoint up to ``steps`` (default: the run's own target);
@@ -217,6 +230,8 @@ def resume_training(run_dir: Path, steps: int | None = None, progress: bool = Tr
     if device is None and learner_on_cluster_gpu(saved.workers, saved.device, address or saved.address):
         return run_remote_learner(resume_training, run_dir.resolve(), steps, run_dir=run_dir.resolve(),
                                   address=address)
+    if steps is not None and steps <= 0:
+        raise ToolkitError(f"--steps must be a positive number of steps, got {steps}.")
     session = open_run(run_dir, device)
     if address is not None:
         session.settings.address = address
@@ -228,55 +243,40 @@ def resume_training(run_dir: Path, steps: int | None = None, progress: bool = Tr
             f"{run_dir} has already trained {done} steps; pass --steps larger than {done} to train further."
         )
     session.settings.steps = target
-    data = _load_checked_dataset(session) if session.spec.kind == "offline" else None
-    loop = _loop(session, run_dir, progress, data)
+    if session.spec.kind == "offline":
+        session.data = _load_checked_dataset(session)
+    loop = make_loop(session, run_dir, progress)
     try:
         loop.load_state_dict(state)
     except (KeyError, ValueError, RuntimeError, TypeError) as exc:
-        raise ToolkitError(f"Checkpoint {run_dir / CHECKPOINT} does not fit this run's agent ({exc}).") from None
+        noun = "model" if session.is_model else "agent"
+        raise ToolkitError(f"Checkpoint {run_dir / CHECKPOINT} does not fit this run's {noun} ({exc}).") from None
     save_settings(run_dir, session.settings)
     return run_dir, loop.run(target)
 
 
-def _loop(session: Session, run_dir: Path, progress: bool, dataset: Any = None) -> Any:
-    """The training loop of the agent's kind: local, or spread over Ray workers."""
+def make_loop(session: Session, run_dir: Path, progress: bool) -> Any:
+    """The training loop of the learner's kind (see :data:`LOOPS`): local, or over Ray workers."""
     kind = session.spec.kind
-    args = (session.agent, session.config, session.settings, lambda: make_env(session.settings.env),
-            run_dir, session.device)
     distributed = session.settings.workers > 0
-    if kind == "offline":
-        if distributed:
-            from toolkit.distributed.data_parallel import DataParallelOfflineLoop as OfflineLoop
-        else:
-            from toolkit.loops.offline import OfflineLoop  # type: ignore[assignment]
-
-        return OfflineLoop(*args, dataset=dataset, progress=progress)
-    if kind == "on-policy":
-        if distributed:
-            from toolkit.distributed.rollouts import DistributedOnPolicyLoop as OnPolicyLoop
-        else:
-            from toolkit.loops.on_policy import OnPolicyLoop  # type: ignore[assignment]
-
-        return OnPolicyLoop(*args, progress=progress)
-    if kind == "off-policy":
-        if distributed:
-            from toolkit.distributed.rollouts import DistributedOffPolicyLoop as OffPolicyLoop
-        else:
-            from toolkit.loops.off_policy import OffPolicyLoop  # type: ignore[assignment]
-
-        return OffPolicyLoop(*args, progress=progress)
-    raise ToolkitError(f"Agent '{session.spec.name}' has kind '{kind}', which this toolkit cannot train.")
+    reference = LOOPS.get((kind, distributed))
+    if reference is None:
+        where = "on Ray workers" if distributed else "here"
+        raise ToolkitError(f"'{session.spec.name}' has kind '{kind}', which this toolkit cannot train {where}.")
+    return load_object(reference).from_session(session, run_dir, progress)
 
 
 def evaluate_run(
     run_dir: Path, episodes: int, video: bool = False, seed: int | None = None
 ) -> tuple[Any, Path, Path | None]:
-    """Evaluate a run's latest checkpoint; writes ``eval/step-<N>.json`` (and a video)."""
+    """Evaluate an agent run's latest checkpoint; writes ``eval/step-<N>.json`` (and a video)."""
     from toolkit.evaluation import evaluate
 
     if episodes <= 0:
         raise ToolkitError(f"--episodes must be positive, got {episodes}.")
     session, step = open_trained_run(run_dir)
+    if session.is_model:
+        raise ToolkitError(f"{run_dir} is a model run; evaluate it with evaluate_model_run (`toolkit eval` does).")
     video_path = run_dir / "videos" / f"eval-step{step}.mp4" if video else None
     eval_seed = session.settings.seed + 2_000_000 if seed is None else seed
     result = evaluate(session.agent, session.settings.env, episodes, eval_seed, session.device, video_path)
@@ -284,3 +284,29 @@ def evaluate_run(
     write_json(out, {"step": step, "seed": eval_seed, **result.to_dict(),
                      "video": str(video_path.relative_to(run_dir)) if video_path else None})
     return result, out, video_path
+
+
+def evaluate_model_run(run_dir: Path, is_samples: int = 100, is_limit: int = 500, figures: bool = True,
+                       seed: int = 0) -> tuple[Any, Path, list[Path]]:
+    """Evaluate a model run's latest checkpoint: the metrics table (``eval/step-<N>.json``) and,
+    unless ``figures`` is False, PNGs under ``figures/step-<N>/`` (also in TensorBoard)."""
+    from toolkit.figures import write_model_figures
+    from toolkit.model_eval import evaluate_model
+
+    if is_samples <= 0:
+        raise ToolkitError(f"--is-samples must be positive, got {is_samples}.")
+    session, step = open_trained_run(run_dir)
+    if not session.is_model:
+        raise ToolkitError(f"{run_dir} is an agent run; `toolkit eval` runs episodes for it.")
+    report = evaluate_model(session.learner, session.data, session.device, is_samples=is_samples,
+                            is_limit=is_limit, seed=seed)
+    out = run_dir / "eval" / f"step-{step}.json"
+    write_json(out, {"step": step, "is_samples": is_samples, **report.to_dict()})
+    paths: list[Path] = []
+    if figures:
+        from torch.utils.tensorboard import SummaryWriter
+
+        with SummaryWriter(str(run_dir / "tb")) as tb:
+            paths = write_model_figures(session.learner, session.data, run_dir / "figures" / f"step-{step}",
+                                        session.device, seed=seed, tb_writer=tb, step=step)
+    return report, out, paths

@@ -42,39 +42,11 @@ from torch import nn
 from toolkit.agent import Agent, Batch
 from toolkit.curiosity import CuriousAgent
 from toolkit.errors import ToolkitError
-from toolkit.networks import fast_adam_options, mlp
+from toolkit.nn import NatureCNN, fast_adam_options, mlp
 from toolkit_dqn.spec import DQNConfig, DQNICMConfig
 
 
 # --- networks ---------------------------------------------------------------------------------
-
-
-class NatureEncoder(nn.Module):
-    """The Nature-DQN convolutional torso: 32 8x8/4, 64 4x4/2, 64 3x3/1, ReLU, flattened.
-
-    Takes ``uint8`` pixels ``[B, C, H, W]`` (or ``[B, H, W, C]``) and scales them to [0, 1]
-    here, so the replay buffer stores bytes rather than four times as many floats.
-    """
-
-    def __init__(self, shape: tuple[int, ...]) -> None:
-        super().__init__()
-        # Frame stacks and grayscale images are channels-first (C <= 4); RGB renders come channels-last.
-        self.channels_last = shape[0] > 4
-        channels = shape[-1] if self.channels_last else shape[0]
-        self.conv = nn.Sequential(
-            nn.Conv2d(channels, 32, 8, stride=4), nn.ReLU(),
-            nn.Conv2d(32, 64, 4, stride=2), nn.ReLU(),
-            nn.Conv2d(64, 64, 3, stride=1), nn.ReLU(),
-            nn.Flatten(),
-        )
-        with torch.no_grad():  # zeros draw no random numbers, so building stays reproducible
-            self.out_dim = int(self.forward(torch.zeros(1, *shape, dtype=torch.uint8)).shape[-1])
-
-    def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        x = obs.float() / 255.0 if obs.dtype == torch.uint8 else obs.float()
-        if self.channels_last:
-            x = x.movedim(-1, -3)
-        return self.conv(x)
 
 
 def _hidden_layers(in_dim: int, widths: tuple[int, ...]) -> nn.Sequential:
@@ -99,7 +71,7 @@ class QNetwork(nn.Module):
         shape = tuple(observation_space.shape)
         self.image = len(shape) == 3
         if self.image:
-            self.encoder: nn.Module = NatureEncoder(shape)
+            self.encoder: nn.Module = NatureCNN(shape)
             in_dim, hidden = self.encoder.out_dim, tuple(config.cnn_hidden_sizes)
         else:
             self.encoder = nn.Flatten()

@@ -16,7 +16,7 @@ import gymnasium as gym
 import torch
 from torch import nn
 
-from toolkit.networks import mlp
+from toolkit.nn import mlp
 from toolkit.offline import SequenceBatch
 from toolkit_offline.common import OfflinePolicyAgent, masked_mean
 from toolkit_offline.spec import BCConfig

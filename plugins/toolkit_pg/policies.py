@@ -27,7 +27,7 @@ from torch import nn
 
 from toolkit.agent import Agent, Rollout
 from toolkit.errors import ToolkitError
-from toolkit.networks import fast_adam_options
+from toolkit.nn import fast_adam_options
 from toolkit_pg.returns import explained_variance, masked_mean
 from toolkit_pg.spec import PolicyGradientConfig
 

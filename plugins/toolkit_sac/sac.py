@@ -24,11 +24,10 @@ from torch import nn
 
 from toolkit.agent import Agent, Batch
 from toolkit.curiosity import CuriousAgent
-from toolkit.networks import EnsembleMLP, fast_adam_options, mlp
+from toolkit.nn import EnsembleMLP, TanhGaussian, fast_adam_options, mlp
 from toolkit_sac.spec import SACConfig, SACICMConfig
 
 LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
-HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 
 
 class TanhGaussianActor(nn.Module):
@@ -49,28 +48,22 @@ class TanhGaussianActor(nn.Module):
         log_std = LOG_STD_MIN + 0.5 * (LOG_STD_MAX - LOG_STD_MIN) * (torch.tanh(log_std) + 1.0)
         return mean, log_std
 
+    def distribution(self, obs: torch.Tensor) -> TanhGaussian:
+        """The policy ``pi(.|s)`` at a batch of observations."""
+        mean, log_std = self(obs)
+        return TanhGaussian(mean, log_std, self.scale, self.bias)
+
     def sample(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """A reparameterised action and its log-probability ``[B, 1]``."""
-        mean, log_std = self(obs)
-        noise = torch.randn_like(mean)
-        u = mean + noise * log_std.exp()
-        # log N(u; mu, sigma), then the change of variables through tanh (paper, appendix C):
-        # log pi(a|s) = log N(u) - sum log(scale * (1 - tanh(u)^2)), written stably with softplus.
-        log_prob = -0.5 * noise.pow(2) - log_std - HALF_LOG_2PI
-        log_det = 2.0 * (math.log(2.0) - u - nn.functional.softplus(-2.0 * u)) + torch.log(self.scale)
-        action = torch.tanh(u) * self.scale + self.bias
-        return action, (log_prob - log_det).sum(-1, keepdim=True)
+        return self.distribution(obs).rsample()
 
     def sample_action(self, obs: torch.Tensor) -> torch.Tensor:
         """The action of :meth:`sample` without its log-probability (for acting): same draw."""
-        mean, log_std = self(obs)
-        u = mean + torch.randn_like(mean) * log_std.exp()
-        return torch.tanh(u) * self.scale + self.bias
+        return self.distribution(obs).sample()
 
     def mode(self, obs: torch.Tensor) -> torch.Tensor:
         """The deterministic action used for evaluation."""
-        mean, _ = self(obs)
-        return torch.tanh(mean) * self.scale + self.bias
+        return self.distribution(obs).mode()
 
 
 class SAC(Agent):

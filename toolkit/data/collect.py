@@ -51,7 +51,7 @@ def collect_dataset(
         from toolkit.data.replay import replay_dataset
 
         return replay_dataset(Path(run_dir), env_id, steps)
-    from toolkit.training import open_trained_run
+    from toolkit.session import open_trained_run
 
     session, _ = open_trained_run(Path(run_dir))
     return _rollout(session, env_id or session.settings.env, steps, quality, noise, seed, progress, source_run=str(run_dir))

@@ -46,7 +46,7 @@ from torch import nn
 from toolkit.data.dataset import OfflineDataset
 from toolkit.distributed.cluster import init_ray, require_resources
 from toolkit.errors import ToolkitError
-from toolkit.loops.base import LoopResult
+from toolkit.trainer import LoopResult
 from toolkit.loops.offline import OfflineLoop
 from toolkit.offline import OfflineAgent
 from toolkit.progress import TrainingProgress
@@ -83,6 +83,12 @@ class DataParallelOfflineLoop:
         self.run_dir, self.device, self.dataset = run_dir, device, dataset
         self.show_progress = progress
         self._resume_state: dict[str, Any] | None = None
+
+    @classmethod
+    def from_session(cls, session: Any, run_dir: Path, progress: bool) -> DataParallelOfflineLoop:
+        """The loop for a built session (how :mod:`toolkit.training` makes every loop)."""
+        return cls(session.learner, session.config, session.settings, session.make_env, run_dir,
+                   session.device, dataset=session.data, progress=progress)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Resume from a checkpoint (of a data-parallel or a local run); the workers load it."""
@@ -216,18 +222,15 @@ def _train_worker(job: dict[str, Any]) -> None:
     import ray.train
     import ray.train.torch
 
-    from toolkit.config import from_dict
     from toolkit.envs import make_env
-    from toolkit.registry import registry
-    from toolkit.training import _session
+    from toolkit.session import build_session
 
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     device = ray.train.torch.get_device()
     settings = RunSettings(**job["settings"])
     settings.device = str(device)
-    spec = registry.agent(settings.agent)
-    session = _session(settings, from_dict(spec.config, settings.agent_config), spec)
+    session = build_session(settings)
     # Ranks other than 0 write nothing: they get a scratch run directory for the base loop's
     # logger and never log, evaluate or save (checkpoints are still taken together, because
     # every worker's random streams go into rank 0's checkpoint).

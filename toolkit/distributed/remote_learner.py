@@ -77,7 +77,7 @@ def run_remote_learner(fn: Callable[..., tuple[Path, Any]], *args: Any, run_dir:
     except KeyboardInterrupt:
         # Ask the loop to stop the way Ctrl-C would locally: it finishes its update, writes its
         # checkpoint and returns. (ray.cancel would interrupt it mid-step, without a checkpoint.)
-        from toolkit.loops.base import STOP_FILE
+        from toolkit.trainer import STOP_FILE
 
         (run_dir / STOP_FILE).touch()
         try:

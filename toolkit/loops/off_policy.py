@@ -18,7 +18,8 @@ import torch
 from toolkit.agent import Agent, observation_tensor
 from toolkit.buffers import ReplayBuffer
 from toolkit.configs import OffPolicyConfig
-from toolkit.loops.base import LoopResult, TrainingLoop
+from toolkit.loops.base import TrainingLoop
+from toolkit.trainer import LoopResult
 from toolkit.loops.replayable_env import ReplayableEnv
 from toolkit.progress import TrainingProgress
 from toolkit.runs import RunSettings

@@ -51,9 +51,14 @@ class OfflineLoop(TrainingLoop):
     def load_extra_state(self, state: dict[str, Any]) -> None:
         self.sampler.load_state_dict(state["sampler"])
 
-    def _evaluate(self) -> EvalResult:
+    @classmethod
+    def from_session(cls, session: Any, run_dir: Path, progress: bool) -> OfflineLoop:
+        return cls(session.learner, session.config, session.settings, session.make_env, run_dir,
+                   session.device, dataset=session.data, progress=progress)
+
+    def evaluate(self) -> EvalResult:
         # No training episodes offline: the bar's "return" is the latest evaluation's.
-        result = super()._evaluate()
+        result = super().evaluate()
         self.last_return = result.mean
         return result
 

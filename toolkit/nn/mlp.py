@@ -1,4 +1,4 @@
-"""Small network building blocks shared by the plugins."""
+"""Fully connected building blocks: :func:`mlp`, :class:`EnsembleMLP`, and Adam's fastest options."""
 
 from __future__ import annotations
 

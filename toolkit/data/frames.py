@@ -1,0 +1,317 @@
+"""Record rendered frames from any Gymnasium env that renders ``rgb_array``, as image data.
+
+:func:`record_frames` steps an env with random actions or a trained run's policy, renders
+every state, shrinks each frame to ``size x size`` and writes an HDF5 file that
+:func:`toolkit.data.images.load_image_source` reads back as an unlabelled image dataset.
+
+File layout (one row per step; row ``t`` holds state ``s_t``'s frame and what followed it)::
+
+    frames        uint8   [N, size, size, C]   the frame of s_t, before action a_t (C = 3, or 1 with grey)
+    actions       [N, ...]                     a_t (int64 for discrete actions, float32 otherwise)
+    rewards       float32 [N]                  r_t
+    terminations  bool    [N]                  the episode ended at s_{t+1} (a terminal state)
+    truncations   bool    [N]                  the episode was cut off at s_{t+1} (a time limit)
+    attrs: format="toolkit-frames", env_id, size, source_run ("" for random actions), seed
+
+An episode ends at a row whose termination or truncation is set; the next row is the first
+state of the next episode.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from toolkit.errors import ToolkitError
+
+#: ``format`` attribute of a frames file.
+FRAMES_FORMAT = "toolkit-frames"
+#: Rows buffered in memory before they are written, so long recordings need little memory.
+_FLUSH_ROWS = 1024
+
+
+@dataclass
+class FramesSummary:
+    """What :func:`record_frames` wrote."""
+
+    path: Path
+    #: Rows (steps) in the file.
+    frames: int
+    #: Episodes the rows span, the last one possibly unfinished.
+    episodes: int
+    #: Side of each square frame in pixels.
+    size: int
+    #: Wall-clock time the recording took.
+    seconds: float
+
+
+def fast_render_settings(env: Any) -> None:
+    """Make a MuJoCo env render much faster offscreen; a no-op for other envs.
+
+    MuJoCo renders with 4x multisampling and 4096x4096 shadow maps by default, which costs
+    most of a frame (about 200 ms against 20 ms for Hopper on a software renderer) and shows
+    little once frames are shrunk to a few dozen pixels. Both are read when the rendering
+    context is created, so call this before the env's first ``render()``.
+    """
+    model = getattr(getattr(env, "unwrapped", env), "model", None)
+    # Check the type's module, not isinstance, so that envs without MuJoCo never import it.
+    if model is None or not type(model).__module__.startswith("mujoco"):
+        return
+    quality = model.vis.quality
+    quality.offsamples = 0
+    quality.shadowsize = 0
+
+
+def record_frames(
+    env_id: str,
+    steps: int,
+    size: int,
+    out: Path,
+    run_dir: Path | None = None,
+    seed: int = 0,
+    progress: bool = True,
+    grey: bool = False,
+) -> FramesSummary:
+    """Step ``env_id`` for ``steps`` steps and write each state's rendered frame to ``out``.
+
+    Actions are uniformly random (seeded by ``seed``) or, with ``run_dir``, sampled from that
+    trained run's policy. Each frame is shrunk to ``size x size`` by averaging the pixels it
+    covers (a frame that is not square is stretched); ``grey`` keeps luminance only. The file
+    is written atomically and an existing ``out`` is never replaced.
+    """
+    if steps <= 0:
+        raise ToolkitError(f"The number of steps to record must be positive, got {steps}.")
+    if size < 8:
+        raise ToolkitError(f"The frame size must be at least 8 pixels, got {size}.")
+    out = Path(out)
+    if out.exists():
+        raise ToolkitError(f"{out} already exists; choose another file name or remove it first.")
+
+    session = None
+    if run_dir is not None:
+        from toolkit.session import open_trained_run
+
+        session, _ = open_trained_run(Path(run_dir))
+        if getattr(session, "is_model", False):
+            raise ToolkitError(f"{run_dir} is a model run, which has no policy; give an agent run or no run for random actions.")
+    env = _make_render_env(env_id, size)
+    try:
+        if session is not None and env_id != session.settings.env:
+            from toolkit.data.collect import _check_run_fits
+
+            _check_run_fits(session, env, env_id)
+        start = time.perf_counter()
+        rows, episodes = _record(env, env_id, steps, size, out, session, run_dir, seed, progress, grey)
+        seconds = time.perf_counter() - start
+    finally:
+        env.close()
+    return FramesSummary(path=out, frames=rows, episodes=episodes, size=size, seconds=seconds)
+
+
+def _make_render_env(env_id: str, size: int) -> Any:
+    """The env with offscreen ``rgb_array`` rendering, or a one-sentence error if it has none."""
+    from toolkit.envs import check_env_id, make_env
+
+    check_env_id(env_id)
+    creator = _env_creator(env_id)
+    modes = getattr(creator, "metadata", {}).get("render_modes")
+    if modes is not None and "rgb_array" not in modes:
+        listed = ", ".join(modes) if modes else "none"
+        raise ToolkitError(
+            f"Environment '{env_id}' cannot render frames as images (its render modes: {listed}), so it cannot be recorded."
+        )
+    kwargs: dict[str, Any] = {}
+    if _is_gymnasium_mujoco(creator) and 4 * size < _MUJOCO_DEFAULT_RENDER:
+        # A frame shrunk to `size` needs no 480x480 render: 4x4 source pixels per output pixel
+        # still smooth edges, and the smaller render halves the time a frame takes.
+        kwargs.update(width=4 * size, height=4 * size)
+    try:
+        env = make_env(env_id, render_mode="rgb_array", **kwargs)
+    except TypeError as exc:
+        if "render_mode" not in str(exc):
+            raise
+        raise ToolkitError(f"Environment '{env_id}' takes no render_mode, so it cannot render frames to record.") from None
+    fast_render_settings(env)
+    return env
+
+
+#: The side of a Gymnasium MuJoCo env's rendered frame unless it is told otherwise.
+_MUJOCO_DEFAULT_RENDER = 480
+
+
+def _env_creator(env_id: str) -> Any:
+    """The class or function that builds ``env_id``, loaded without building it (None if it fails)."""
+    import gymnasium as gym
+    from gymnasium.envs.registration import load_env_creator
+
+    spec = gym.spec(env_id)
+    try:
+        return spec.entry_point if callable(spec.entry_point) else load_env_creator(spec.entry_point)
+    except Exception:  # building the env reports a broken entry point better
+        return None
+
+
+def _is_gymnasium_mujoco(creator: Any) -> bool:
+    """Whether ``creator`` is one of Gymnasium's MuJoCo env classes (which take width/height)."""
+    if not isinstance(creator, type) or not creator.__module__.startswith("gymnasium.envs.mujoco"):
+        return False
+    from gymnasium.envs.mujoco.mujoco_env import MujocoEnv
+
+    return issubclass(creator, MujocoEnv)
+
+
+def _render(env: Any, env_id: str) -> np.ndarray:
+    """One ``[H, W, C]`` uint8 frame, or a clear error when the env does not give one."""
+    import gymnasium as gym
+
+    try:
+        frame = env.render()
+    except gym.error.DependencyNotInstalled as exc:
+        raise ToolkitError(f"Rendering {env_id} needs a package that is not installed: {exc}.") from None
+    frame = np.asarray(frame) if frame is not None else None
+    if frame is None or frame.ndim != 3 or frame.shape[2] not in (1, 3, 4):
+        got = "nothing" if frame is None else f"an array of shape {frame.shape}"
+        raise ToolkitError(f"Environment '{env_id}' rendered {got} instead of an RGB image, so it cannot be recorded.")
+    return frame
+
+
+def resize_frame(frame: np.ndarray, size: int, grey: bool = False) -> np.ndarray:
+    """``[H, W, C]`` uint8 to ``[size, size, C']`` uint8 (C' = 3, or 1 with ``grey``).
+
+    Shrinking averages the source pixels each output pixel covers (``area`` interpolation),
+    which does not alias the way picking pixels does; enlarging repeats pixels.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    # Made channels-first while still uint8 (a quarter of the bytes to move): pooling a
+    # channels-last float tensor as it is takes twice as long.
+    # An alpha channel carries no picture. MuJoCo hands back an upside-down view (negative
+    # strides), which torch cannot wrap, hence the copy where one is needed.
+    rgb = torch.from_numpy(np.ascontiguousarray(np.asarray(frame)[..., :3]))
+    pixels = rgb.permute(2, 0, 1)[None].contiguous().float()
+    small = F.interpolate(pixels, size=(size, size), mode="area")[0]
+    if grey:
+        # ITU-R BT.601 luma, the weights most greyscale conversions (Atari's too) use; being
+        # linear, it commutes with averaging, so it is applied to the small frame.
+        small = (small * torch.tensor([0.299, 0.587, 0.114]).view(3, 1, 1)).sum(0, keepdim=True)
+    return small.round_().clamp_(0, 255).to(torch.uint8).permute(1, 2, 0).contiguous().numpy()
+
+
+class _Policy:
+    """Chooses actions: a trained run's stochastic policy, or uniform random ones."""
+
+    def __init__(self, session: Any, space: Any, seed: int) -> None:
+        self.session, self.space = session, space
+        space.seed(seed)  # random actions are then a function of the seed alone
+        self.agent = session.agent if session is not None else None
+        # Recurrent agents keep per-episode state; these hooks exist on toolkit agents.
+        self.start_episode = getattr(self.agent, "start_episode", lambda: None)
+        self.record_reward = getattr(self.agent, "record_reward", lambda reward: None)
+
+    def __call__(self, obs: Any) -> Any:
+        if self.agent is None:
+            return self.space.sample()
+        import torch
+
+        from toolkit.agent import observation_tensor
+
+        # Sampled, not the deterministic best action: varied behaviour gives varied frames.
+        with torch.no_grad():
+            return self.agent.act(observation_tensor(obs, self.session.device), deterministic=False)[0].cpu().numpy()
+
+
+class _Writer:
+    """Buffers rows and appends them to chunked HDF5 datasets sized for ``steps`` rows."""
+
+    def __init__(self, f: Any, steps: int, first_frame: np.ndarray, first_action: Any) -> None:
+        action = np.asarray(first_action)
+        action_dtype = np.int64 if np.issubdtype(action.dtype, np.integer) else (
+            bool if action.dtype == bool else np.float32
+        )
+        chunk = min(steps, 256)
+        self.datasets = {
+            # lzf is fast to write and read and ships with h5py; rendered scenes compress well.
+            "frames": f.create_dataset(
+                "frames", shape=(steps, *first_frame.shape), dtype=np.uint8,
+                chunks=(chunk, *first_frame.shape), compression="lzf",
+            ),
+            "actions": f.create_dataset("actions", shape=(steps, *action.shape), dtype=action_dtype),
+            "rewards": f.create_dataset("rewards", shape=(steps,), dtype=np.float32),
+            "terminations": f.create_dataset("terminations", shape=(steps,), dtype=bool),
+            "truncations": f.create_dataset("truncations", shape=(steps,), dtype=bool),
+        }
+        self.buffer: dict[str, list[Any]] = {k: [] for k in self.datasets}
+        self.written = 0
+
+    def append(self, **row: Any) -> None:
+        for key, value in row.items():
+            self.buffer[key].append(value)
+        if len(self.buffer["frames"]) >= _FLUSH_ROWS:
+            self.flush()
+
+    def flush(self) -> None:
+        n = len(self.buffer["frames"])
+        if n == 0:
+            return
+        for key, dataset in self.datasets.items():
+            dataset[self.written:self.written + n] = np.asarray(self.buffer[key], dtype=dataset.dtype)
+            self.buffer[key].clear()
+        self.written += n
+
+
+def _record(
+    env: Any, env_id: str, steps: int, size: int, out: Path, session: Any, run_dir: Path | None,
+    seed: int, progress: bool, grey: bool,
+) -> tuple[int, int]:
+    """Roll out and write ``out`` through a temporary file; returns (rows, episodes)."""
+    import h5py
+
+    from toolkit.progress import TrainingProgress
+
+    policy = _Policy(session, env.action_space, seed)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    episodes, episode_return, last_return = 1, 0.0, None
+    try:
+        with h5py.File(tmp, "w") as f, TrainingProgress(steps, enabled=progress, description="recording frames") as bar:
+            f.attrs.update(
+                format=FRAMES_FORMAT, env_id=env_id, size=size, seed=seed,
+                source_run=str(run_dir) if run_dir is not None else "",
+            )
+            obs, _ = env.reset(seed=seed)
+            policy.start_episode()
+            writer: _Writer | None = None
+            for step in range(1, steps + 1):
+                frame = resize_frame(_render(env, env_id), size, grey)
+                action = policy(obs)
+                next_obs, reward, terminated, truncated, _ = env.step(action)
+                policy.record_reward(float(reward))
+                if writer is None:
+                    writer = _Writer(f, steps, frame, action)
+                writer.append(
+                    frames=frame, actions=action, rewards=float(reward),
+                    terminations=bool(terminated), truncations=bool(truncated and not terminated),
+                )
+                episode_return += float(reward)
+                if terminated or truncated:
+                    last_return, episode_return = episode_return, 0.0
+                    if step < steps:  # the next row starts a new episode
+                        episodes += 1
+                        # A new seed per episode, as collect_dataset does: reproducible, not repeated.
+                        obs, _ = env.reset(seed=seed + episodes - 1)
+                        policy.start_episode()
+                else:
+                    obs = next_obs
+                bar.update(step, last_return)
+            assert writer is not None  # steps >= 1
+            writer.flush()
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return steps, episodes

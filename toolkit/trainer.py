@@ -1,0 +1,208 @@
+"""The env-free core of every training loop, shared by agents and models.
+
+A :class:`Trainer` owns a learner (an agent or a model), the run directory and the
+bookkeeping that does not depend on where experience comes from:
+
+* step and update counters, and the metrics of the updates, averaged on the device and read
+  back only at log steps (no host sync per update);
+* ``metrics.jsonl`` and TensorBoard through :class:`~toolkit.runs.MetricsLogger`;
+* periodic evaluation through the :meth:`Trainer.evaluate` hook;
+* atomic checkpoints with everything needed to continue exactly (learner, counters, pending
+  metrics, every random stream, the subclass's own state);
+* a clean stop on Ctrl-C or a ``STOP`` file, and the progress bar.
+
+A subclass says how it gathers data and updates (:meth:`Trainer.train_until`), what else
+belongs in its checkpoint (:meth:`Trainer.extra_state`) and how it evaluates. The RL loops
+(:mod:`toolkit.loops.base` and below) and the model loop (:mod:`toolkit.loops.model`) stand
+on it; see ``docs/architecture.md``.
+"""
+
+from __future__ import annotations
+
+import random
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from toolkit.progress import TrainingProgress
+from toolkit.runs import CHECKPOINT, MetricsLogger, RunSettings, save_checkpoint
+
+#: A file in the run directory that asks a running loop to stop with a checkpoint.
+STOP_FILE = "STOP"
+
+
+@dataclass
+class LoopResult:
+    """How a call to :meth:`Trainer.run` ended."""
+
+    step: int
+    interrupted: bool
+    last_return: float | None
+    #: What ``last_return`` is the return of: a training "episode" or an "evaluation".
+    return_source: str = "episode"
+
+
+class Trainer:
+    """Base of every training loop: counters, metrics, evaluation, checkpoints, stopping."""
+
+    #: The key the learner's state has in a checkpoint ("agent" or "model").
+    learner_key = "agent"
+    #: Where :attr:`LoopResult.last_return` comes from.
+    return_source = "episode"
+    #: Whether the progress bar has a return column (models have no episodes).
+    shows_return = True
+
+    def __init__(self, learner: Any, settings: RunSettings, run_dir: Path, device: torch.device,
+                 progress: bool = True) -> None:
+        self.learner, self.settings = learner, settings
+        self.run_dir, self.device, self.show_progress = run_dir, device, progress
+        self.step = 0
+        self.updates = 0
+        self.logger: MetricsLogger | None = None
+        #: The last averaged training metrics written to the log (empty before the first).
+        self.latest_metrics: dict[str, float] = {}
+        self._metric_sums: dict[str, torch.Tensor] = {}
+        self._metric_count = 0
+        self._stop_requested = False
+        self._stop_file_checked = 0.0
+        self._window = (time.perf_counter(), 0)
+
+    # --- what a subclass provides -------------------------------------------------------------
+
+    def train_until(self, total_steps: int, bar: TrainingProgress) -> None:
+        """Gather data and update until ``total_steps`` or a stop request."""
+        raise NotImplementedError
+
+    def evaluate(self) -> None:
+        """Periodic evaluation (every ``settings.eval_every`` steps); log what it measures."""
+
+    def extra_state(self) -> dict[str, Any]:
+        """Loop-specific checkpoint content (environments, buffers, samplers)."""
+        return {}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`extra_state` returned."""
+
+    def counters(self) -> dict[str, Any]:
+        """The loop's counters as plain values (subclasses add their own)."""
+        return {"step": self.step, "updates": self.updates}
+
+    def load_counters(self, counters: dict[str, Any]) -> None:
+        """Restore what :meth:`counters` returned."""
+        self.step, self.updates = int(counters["step"]), int(counters["updates"])
+
+    # --- checkpoints --------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """Learner, counters, pending metrics, every random stream and the subclass's state."""
+        return {
+            self.learner_key: self.learner.state_dict(),
+            "counters": self.counters(),
+            # Metrics accumulated since the last log line, so a resumed run logs the same averages.
+            "pending_metrics": {"sums": dict(self._metric_sums), "count": self._metric_count},
+            "rng": {"torch": torch.get_rng_state(), "python": random.getstate()},
+            **self.extra_state(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue exactly where :meth:`state_dict` was taken."""
+        self.learner.load_state_dict(state[self.learner_key])
+        self.load_counters(state["counters"])
+        self._metric_sums = dict(state["pending_metrics"]["sums"])
+        self._metric_count = int(state["pending_metrics"]["count"])
+        torch.set_rng_state(state["rng"]["torch"].cpu())
+        python_state = state["rng"]["python"]
+        random.setstate((python_state[0], tuple(python_state[1]), python_state[2]))
+        self.load_extra_state(state)
+
+    def save(self) -> None:
+        """Write the checkpoint atomically."""
+        save_checkpoint(self.run_dir / CHECKPOINT, self.state_dict())
+
+    # --- bookkeeping used by subclasses -------------------------------------------------------
+
+    def accumulate(self, metrics: dict[str, torch.Tensor]) -> None:
+        """Add an update's metrics to the running sums (on the device: no host sync)."""
+        for key, value in metrics.items():
+            value = value.detach().float()
+            if key in self._metric_sums:
+                self._metric_sums[key] += value
+            else:
+                self._metric_sums[key] = value.clone()
+        self._metric_count += 1
+
+    def after_steps(self, previous_step: int) -> None:
+        """Log, evaluate and checkpoint when ``self.step`` crossed a multiple of their periods."""
+        s = self.settings
+
+        def crossed(every: int) -> bool:
+            return bool(every) and self.step // every > previous_step // every
+
+        if crossed(s.log_every):
+            self.flush_metrics()
+        if crossed(s.eval_every):
+            self.evaluate()
+        if crossed(s.checkpoint_every):
+            self.save()
+
+    def flush_metrics(self) -> None:
+        """Write the averaged training metrics since the last log line, with steps/s."""
+        assert self.logger is not None
+        values = {k: (v / self._metric_count).item() for k, v in self._metric_sums.items()} if self._metric_count else {}
+        now = time.perf_counter()
+        t0, s0 = self._window
+        values.update(steps_per_second=(self.step - s0) / max(now - t0, 1e-9), updates=self.updates)
+        self._window = (now, self.step)
+        self.logger.log(self.step, "train", values)
+        self.latest_metrics = values
+        self._metric_sums, self._metric_count = {}, 0
+
+    @property
+    def stop_requested(self) -> bool:
+        """True once Ctrl-C was pressed, or a ``STOP`` file appeared in the run directory:
+        finish the current step, checkpoint, return. The file is how a loop running where no
+        terminal reaches it (a Ray task on a cluster GPU) is stopped cleanly; it is looked
+        for at most once a second, so the check costs nothing per step."""
+        if not self._stop_requested:
+            now = time.monotonic()
+            if now - self._stop_file_checked >= 1.0:
+                self._stop_file_checked = now
+                stop_file = self.run_dir / STOP_FILE
+                if stop_file.exists():
+                    stop_file.unlink(missing_ok=True)
+                    self._stop_requested = True
+        return self._stop_requested
+
+    def _request_stop(self, signum: int, frame: Any) -> None:
+        if self._stop_requested:  # a second Ctrl-C means now
+            raise KeyboardInterrupt
+        self._stop_requested = True
+
+    def last_value(self) -> float | None:
+        """What the result and the progress bar report as the latest return (None: nothing yet)."""
+        return None
+
+    # --- the run ------------------------------------------------------------------------------
+
+    def run(self, total_steps: int) -> LoopResult:
+        """Train until ``total_steps`` steps; Ctrl-C stops cleanly with a checkpoint."""
+        self.logger = MetricsLogger(self.run_dir)
+        (self.run_dir / STOP_FILE).unlink(missing_ok=True)  # a stale request must not stop this run
+        in_main_thread = threading.current_thread() is threading.main_thread()
+        previous_handler = signal.signal(signal.SIGINT, self._request_stop) if in_main_thread else None
+        self._window = (time.perf_counter(), self.step)
+        try:
+            with TrainingProgress(total_steps, start=self.step, enabled=self.show_progress,
+                                  show_return=self.shows_return) as bar:
+                self.train_until(total_steps, bar)
+            self.save()
+        finally:
+            if in_main_thread:
+                signal.signal(signal.SIGINT, previous_handler)
+            self.logger.close()
+        return LoopResult(self.step, self._stop_requested, self.last_value(), self.return_source)
