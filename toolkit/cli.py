@@ -39,7 +39,7 @@ def train(
     eval_every: Annotated[int, typer.Option(help="Evaluate every N steps (0: never for online agents; offline agents and models: 10 times a run).")] = 0,
     eval_episodes: Annotated[int, typer.Option(help="Episodes per periodic evaluation.")] = 5,
     checkpoint_every: Annotated[int, typer.Option(help="Checkpoint every N steps (and always at the end).")] = 10_000,
-    log_every: Annotated[int, typer.Option(help="Write training metrics every N steps.")] = 1_000,
+    log_every: Annotated[Optional[int], typer.Option(help="Write training metrics every N steps (default: 1000 for agents, 20 times a run for models).")] = None,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = True,
     dataset: Annotated[Optional[str], typer.Option(help="Models: digits, mnist-5k, mnist1d, a frames .hdf5 file or an MNIST/CIFAR-10 directory. Offline agents: a D4RL HDF5 file or Minari dataset.")] = None,
     workers: Annotated[int, typer.Option(help="Ray workers: env-runner actors (online agents) or data-parallel trainers (offline); 0: no Ray.")] = 0,
@@ -181,9 +181,9 @@ def describe(name: Annotated[str, typer.Argument(help="Agent or model name, as l
 
 @app.command()
 def sweep(
-    agent: Annotated[str, typer.Argument(help="Agent name, as listed by `toolkit list`.")],
-    env: Annotated[str, typer.Option("--env", "-e", help="Gymnasium environment id, e.g. Hopper-v4.")],
+    agent: Annotated[str, typer.Argument(help="Agent or model name, as listed by `toolkit list`.")],
     grid: Annotated[list[str], typer.Option("--grid", help="key=v1,v2 (repeatable; ';' separates values that hold commas). Every combination runs.")],
+    env: Annotated[Optional[str], typer.Option("--env", "-e", help="Gymnasium environment id, e.g. Hopper-v4 (agents).")] = None,
     seeds: Annotated[int, typer.Option(help="Seeds 0 .. S-1 run for every configuration.")] = 1,
     search: Annotated[str, typer.Option(help="grid: every combination; random: --samples of them, drawn at random.")] = "grid",
     samples: Annotated[Optional[int], typer.Option(help="With --search random: configurations to draw from the grid.")] = None,
@@ -191,19 +191,19 @@ def sweep(
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Agent setting fixed for every trial: key=value (repeatable).")] = None,
     config: Annotated[Optional[Path], typer.Option("--config", help="YAML file of agent settings for every trial.")] = None,
     eval_episodes: Annotated[int, typer.Option(help="Episodes of each trial's final evaluation.")] = 5,
-    dataset: Annotated[Optional[str], typer.Option(help="Offline agents: the dataset every trial learns from.")] = None,
+    dataset: Annotated[Optional[str], typer.Option(help="Models and offline agents: the dataset every trial learns from.")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda, in each trial.")] = "auto",
     cpus_per_trial: Annotated[float, typer.Option(help="Ray CPUs each trial holds.")] = 1.0,
     gpus_per_trial: Annotated[float, typer.Option(help="Ray GPUs each trial holds.")] = 0.0,
     sweep_dir: Annotated[Optional[Path], typer.Option(help="Where trials' run dirs and the CSVs go (default: sweeps/<agent>/<env>/<time>).")] = None,
     address: Annotated[Optional[str], typer.Option(help="Ray cluster to join: auto, HOST:PORT or ray://HOST:PORT (default: RAY_ADDRESS, else a local Ray).")] = None,
 ) -> None:
-    """Train AGENT for every grid configuration and seed on Ray Tune; print mean ± std of the final return."""
+    """Train AGENT (or MODEL) for every grid configuration and seed on Ray Tune; print mean ± std of the final return (a model's test score)."""
     from toolkit.distributed.sweep import SUMMARY_FILE, default_sweep_dir, plan_sweep, run_sweep, summary_table
 
     try:
         plan = plan_sweep(agent, env, grid, seeds, search, samples, set_, config, steps, eval_episodes, dataset, device)
-        target = sweep_dir or default_sweep_dir(Path("sweeps"), agent, env)
+        target = sweep_dir or default_sweep_dir(Path("sweeps"), agent, plan.env)
         console.print(f"Sweep: {len(plan.configurations)} configuration(s) x {len(plan.seeds)} seed(s) = {plan.trials} trials -> {target}")
         result = run_sweep(plan, target, address, cpus_per_trial, gpus_per_trial)
     except ToolkitError as exc:

@@ -286,6 +286,17 @@ class ModelEvaluation:
         """``(display name, formatted value)`` per metric, in order, e.g. ``("ELBO (nats)", "-65.21")``."""
         return [(self.label(name), _format(name, value)) for name, value in self.metrics.items()]
 
+    def score(self) -> tuple[str, float]:
+        """The one number where higher is better that sweeps rank models by: test accuracy
+        for classifiers, the ELBO for VAEs, else minus the reconstruction error."""
+        for name in ("accuracy", "elbo"):
+            if name in self.metrics:
+                return f"test {self.label(name)}", self.metrics[name]
+        if "recon_error" in self.metrics:
+            return "minus test reconstruction error (MSE per value)", -self.metrics["recon_error"]
+        name, value = next(iter(self.metrics.items()))
+        return f"test {self.label(name)}", value
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: ``{"metrics": {name: value}, "labels": {name: display name}}``."""
         return {

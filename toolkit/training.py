@@ -59,7 +59,7 @@ def start_training(
     eval_every: int = 0,
     eval_episodes: int = 5,
     checkpoint_every: int = 10_000,
-    log_every: int = 1_000,
+    log_every: int | None = None,
     progress: bool = True,
     dataset: str | Path | None = None,
     workers: int = 0,
@@ -74,6 +74,7 @@ def start_training(
     they take no env. Offline agents need ``dataset`` (a D4RL HDF5 file or a Minari dataset)
     and count gradient steps too; online agents count environment steps and refuse a dataset.
     Offline agents and models evaluate ten times over the run unless ``eval_every`` says
+    otherwise; agents log every 1,000 steps and models 20 times a run unless ``log_every`` says
     otherwise. ``workers > 0`` uses Ray: env-runner actors for online agents, data-parallel
     workers for offline ones. With ``workers > 0`` and ``device="cuda"`` on a driver without
     CUDA, the learner runs on a GPU of the Ray cluster
@@ -83,12 +84,11 @@ def start_training(
         raise ToolkitError(f"--steps must be a positive number of steps, got {steps}.")
     _check_ray_options(workers, envs_per_worker, gpus_per_worker)
     spec = registry.learner(agent)
+    check_learner_inputs(spec, env, dataset)
     if isinstance(spec, ModelSpec):
-        return _start_model(spec, env, steps, seed, device, config_file, set_items, run_dir, runs_root,
+        return _start_model(spec, steps, seed, device, config_file, set_items, run_dir, runs_root,
                             eval_every, checkpoint_every, log_every, progress, dataset, workers)
-    if env is None:
-        raise ToolkitError(f"Agent '{agent}' needs an environment; pass --env ENV_ID (e.g. --env CartPole-v1).")
-    _check_dataset_option(spec, dataset)
+    assert env is not None
     config = build_config(spec, config_file, set_items)
     if workers > 0 and spec.kind == "on-policy":  # one rollout holds every runner's envs
         from toolkit.distributed.rollouts import distributed_config
@@ -101,7 +101,7 @@ def start_training(
     settings = RunSettings(
         agent=agent, env=env, seed=seed, steps=total, device=device,
         eval_every=eval_every, eval_episodes=eval_episodes, checkpoint_every=checkpoint_every,
-        log_every=log_every, agent_config=to_dict(config), toolkit_version=__version__,
+        log_every=log_every or 1_000, agent_config=to_dict(config), toolkit_version=__version__,
         dataset=_dataset_reference(dataset), workers=workers, envs_per_worker=envs_per_worker,
         gpus_per_worker=gpus_per_worker, address=address,
     )
@@ -112,23 +112,11 @@ def start_training(
     return _train_new(settings, config, path, progress)
 
 
-def _start_model(spec: ModelSpec, env: str | None, steps: int | None, seed: int, device: str,
+def _start_model(spec: ModelSpec, steps: int | None, seed: int, device: str,
                  config_file: Path | None, set_items: list[str] | None, run_dir: Path | None,
-                 runs_root: Path, eval_every: int, checkpoint_every: int, log_every: int,
+                 runs_root: Path, eval_every: int, checkpoint_every: int, log_every: int | None,
                  progress: bool, dataset: str | Path | None, workers: int) -> tuple[Path, Any]:
     """`toolkit train MODEL --dataset SOURCE`: the model counterpart of :func:`start_training`."""
-    from toolkit.data.images import NAMED_SOURCES
-
-    if env is not None:
-        raise ToolkitError(
-            f"Model '{spec.name}' learns from a dataset, not an environment; drop --env {env} and pass "
-            f"--dataset SOURCE (record an env's frames with `toolkit dataset frames`)."
-        )
-    if dataset is None:
-        raise ToolkitError(
-            f"Model '{spec.name}' needs --dataset SOURCE: one of {', '.join(NAMED_SOURCES)}, a frames .hdf5 file "
-            "or a directory of MNIST IDX files or CIFAR-10 python batches."
-        )
     if workers > 0:
         raise ToolkitError(f"Model '{spec.name}' trains in one process; drop --workers.")
     config = build_config(spec, config_file, set_items)
@@ -136,7 +124,7 @@ def _start_model(spec: ModelSpec, env: str | None, steps: int | None, seed: int,
     settings = RunSettings(
         agent="", env="", seed=seed, steps=total, device=device,
         eval_every=eval_every or max(1, total // 10), eval_episodes=0,
-        checkpoint_every=checkpoint_every, log_every=min(log_every, max(1, total // 20)),
+        checkpoint_every=checkpoint_every, log_every=log_every or max(1, total // 20),
         toolkit_version=__version__, dataset=_dataset_reference(dataset),
         model=spec.name, model_config=to_dict(config),
     )
@@ -181,9 +169,24 @@ def _check_ray_options(workers: int, envs_per_worker: int, gpus_per_worker: floa
         raise ToolkitError(f"--gpus-per-worker must be >= 0, got {gpus_per_worker}.")
 
 
-def _check_dataset_option(spec: AgentSpec, dataset: str | Path | None) -> None:
-    from toolkit.data.images import is_image_source
+def check_learner_inputs(spec: AgentSpec | ModelSpec, env: str | None, dataset: str | Path | None) -> None:
+    """Models take a dataset and no env; agents an env, and a dataset exactly when offline."""
+    from toolkit.data.images import NAMED_SOURCES, is_image_source
 
+    if isinstance(spec, ModelSpec):
+        if env is not None:
+            raise ToolkitError(
+                f"Model '{spec.name}' learns from a dataset, not an environment; drop --env {env} and pass "
+                f"--dataset SOURCE (record an env's frames with `toolkit dataset frames`)."
+            )
+        if dataset is None:
+            raise ToolkitError(
+                f"Model '{spec.name}' needs --dataset SOURCE: one of {', '.join(NAMED_SOURCES)}, a frames .hdf5 file "
+                "or a directory of MNIST IDX files or CIFAR-10 python batches."
+            )
+        return
+    if env is None:
+        raise ToolkitError(f"Agent '{spec.name}' needs an environment; pass --env ENV_ID (e.g. --env CartPole-v1).")
     if dataset is not None and is_image_source(str(dataset)):
         raise ToolkitError(
             f"{dataset} is an image dataset, which models learn from; agent '{spec.name}' "

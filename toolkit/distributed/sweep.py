@@ -1,4 +1,5 @@
-"""Hyper-parameter sweeps on Ray Tune: ``toolkit sweep AGENT --env ENV --grid key=v1,v2 --seeds S``.
+"""Hyper-parameter sweeps on Ray Tune: ``toolkit sweep AGENT --env ENV --grid key=v1,v2 --seeds S``
+(or ``toolkit sweep MODEL --dataset SOURCE ...``).
 
 A sweep is a list of *configurations* (one value per grid key) times seeds ``0 .. S-1``. Every
 (configuration, seed) pair is one Tune trial that trains an ordinary run with
@@ -19,8 +20,12 @@ configuration runs with every seed; Tune's ``tune.choice`` would draw anew for e
 Trials write their run directories into the sweep directory from whichever node runs them, so
 on a multi-node cluster it must be on storage every node shares (NFS and the like).
 
+A model's trials report its score instead of a return (the test ELBO of a VAE, the test
+accuracy of a classifier, minus the reconstruction error of an autoencoder: see
+:meth:`toolkit.model_eval.ModelEvaluation.score`); the CSV columns keep their names.
+
 Everything a user typed is checked before any trial starts: grid keys and values are typed
-through the agent's config exactly like ``--set``, so a typo lists the valid keys.
+through the learner's config exactly like ``--set``, so a typo lists the valid keys.
 """
 
 from __future__ import annotations
@@ -84,6 +89,10 @@ class SweepPlan:
     #: Everything else each trial's ``start_training`` gets (steps, --set items, dataset ...).
     training: dict[str, Any] = field(default_factory=dict)
     eval_episodes: int = 5
+    #: Trials train a model (scored by its test metric) rather than an agent (by its return).
+    model: bool = False
+    #: What the trials' ``final_return`` measures, as the table says it.
+    metric: str = "final return"
 
     def label(self, index: int) -> str:
         """``lr=0.001 gamma=0.9``: how a configuration is shown in tables and CSVs."""
@@ -101,7 +110,7 @@ class SweepPlan:
 
 def plan_sweep(
     agent: str,
-    env: str,
+    env: str | None,
     grid_items: list[str],
     seeds: int = 1,
     search: str = "grid",
@@ -115,7 +124,9 @@ def plan_sweep(
 ) -> SweepPlan:
     """Check a sweep request completely, without starting anything, and lay out its trials."""
     from toolkit.envs import check_agent_fits, check_env_id, make_env
-    from toolkit.training import _check_dataset_option, build_config
+    from toolkit.registry import ModelSpec
+    from toolkit.session import build_config
+    from toolkit.training import check_learner_inputs
 
     if seeds < 1:
         raise ToolkitError(f"--seeds must be at least 1 (seeds 0 .. S-1 run for every configuration), got {seeds}.")
@@ -125,18 +136,24 @@ def plan_sweep(
         raise ToolkitError("--samples picks configurations at random; add --search random, or drop --samples.")
     if eval_episodes < 1:
         raise ToolkitError(f"--eval-episodes must be positive, got {eval_episodes}.")
-    spec = registry.agent(agent)
-    check_env_id(env)
-    _check_dataset_option(spec, dataset)
-    probe = make_env(env)
-    try:
-        check_agent_fits(spec, env, probe)
-        if dataset is not None:
-            from toolkit.data import check_dataset_fits, load_dataset
+    spec = registry.learner(agent)
+    check_learner_inputs(spec, env, dataset)
+    if isinstance(spec, ModelSpec):
+        from toolkit.data.images import load_image_source
 
-            check_dataset_fits(load_dataset(dataset), probe)
-    finally:
-        probe.close()
+        load_image_source(str(dataset))  # an unknown source or a broken file, before any trial
+    else:
+        assert env is not None
+        check_env_id(env)
+        probe = make_env(env)
+        try:
+            check_agent_fits(spec, env, probe)
+            if dataset is not None:
+                from toolkit.data import check_dataset_fits, load_dataset
+
+                check_dataset_fits(load_dataset(dataset), probe)
+        finally:
+            probe.close()
     grid = parse_grid(grid_items)
     fixed = parse_set_options(set_items or [])
     both = sorted(set(grid) & set(fixed))
@@ -168,7 +185,15 @@ def plan_sweep(
         "steps": steps, "device": device, "set_items": fixed_items, "dataset": _absolute(dataset),
         "config_file": _absolute(config_file), "eval_episodes": eval_episodes,
     }
-    return SweepPlan(agent, env, list(grid), combos, list(range(seeds)), training, eval_episodes)
+    is_model = isinstance(spec, ModelSpec)
+    where = env if env is not None else Path(str(dataset)).stem
+    return SweepPlan(agent, where, list(grid), combos, list(range(seeds)), training, eval_episodes,
+                     model=is_model, metric=_model_metric(spec.kind) if is_model else "final return")
+
+
+def _model_metric(kind: str) -> str:
+    """What a model kind's trials are scored by (see ModelEvaluation.score)."""
+    return {"classifier": "test accuracy", "generative": "test ELBO"}.get(kind, "minus test reconstruction error")
 
 
 def _absolute(path: str | Path | None) -> Any:
@@ -229,17 +254,21 @@ def _trial(config: dict[str, Any], plan: SweepPlan, sweep_dir: str) -> None:
     """One Tune trial: an ordinary training run, then an evaluation of its final checkpoint."""
     from ray import tune
 
-    from toolkit.training import evaluate_run, start_training
+    from toolkit.training import evaluate_model_run, evaluate_run, start_training
 
     index, seed = int(config["configuration"]), int(config["seed"])
     t = plan.training
     overrides = [f"{k}={v}" for k, v in plan.configurations[index].items()]
     run_dir = Path(sweep_dir) / plan.trial_name(index, seed)
     _, loop_result = start_training(
-        plan.agent, plan.env, steps=t["steps"], seed=seed, device=t["device"],
+        plan.agent, None if plan.model else plan.env, steps=t["steps"], seed=seed, device=t["device"],
         config_file=Path(t["config_file"]) if t["config_file"] else None, set_items=t["set_items"] + overrides,
         run_dir=run_dir, eval_episodes=t["eval_episodes"], progress=False, dataset=t["dataset"],
     )
+    if plan.model:
+        report, _, _ = evaluate_model_run(run_dir, figures=False, seed=seed)
+        tune.report({"final_return": report.score()[1], "final_return_std": 0.0, "steps": int(loop_result.step)})
+        return
     result, _, _ = evaluate_run(run_dir, episodes=plan.eval_episodes)
     tune.report({"final_return": result.mean, "final_return_std": result.std, "steps": int(loop_result.step)})
 
@@ -348,14 +377,15 @@ def summary_table(result: SweepResult) -> Any:
 
     plan = result.plan
     seeds = len(plan.seeds)
-    table = Table(title=f"{plan.agent} on {plan.env}: final return over {seeds} seed{'s' * (seeds != 1)}")
+    table = Table(title=f"{plan.agent} on {plan.env}: {plan.metric} over {seeds} seed{'s' * (seeds != 1)}")
     for key in plan.keys:
         table.add_column(key, no_wrap=True)
-    table.add_column("final return", justify="right", no_wrap=True)
+    table.add_column(plan.metric, justify="right", no_wrap=True)
     table.add_column("n", justify="right")
     table.add_column("failed", justify="right")
     for s in result.summary:
-        ret = "-" if s.mean is None else f"{s.mean:.2f} ± {s.std:.2f}"
+        fmt = ".4g" if plan.model else ".2f"  # a model's score can be a small error
+        ret = "-" if s.mean is None else f"{s.mean:{fmt}} ± {s.std:{fmt}}"
         values = [escape(plan.configurations[s.configuration][k]) for k in plan.keys]
         table.add_row(*values, ret, str(s.n), str(s.failed))
     return table

@@ -69,6 +69,7 @@ class ModelLoop(Trainer):
         self.sampler = MinibatchSampler(data, device, seed=settings.seed)
         #: The test metrics of the latest periodic evaluation.
         self.latest_eval: dict[str, float] = {}
+        self._evaluated_at = -1
         self._grid_inputs = torch.as_tensor(data.to_float(data.x_test[:GRID_EXAMPLES]), device=device)
 
     @classmethod
@@ -85,12 +86,15 @@ class ModelLoop(Trainer):
 
     def evaluate(self) -> None:
         """Test-split metrics as ``eval``, and a reconstruction grid in TensorBoard."""
-        from toolkit.model_eval import test_metrics
+        from toolkit.model_eval import seeded, test_metrics
 
         assert self.logger is not None
-        metrics = test_metrics(self.model, self.data, self.device, limit=EVAL_EXAMPLES)
+        # A sampled metric (a VAE's ELBO) draws from its own seeded stream, so evaluating
+        # more or less often never changes what training draws.
+        with seeded(self.settings.seed + 1_000_000, self.device):
+            metrics = test_metrics(self.model, self.data, self.device, limit=EVAL_EXAMPLES)
         self.logger.log(self.step, "eval", metrics)
-        self.latest_eval = metrics
+        self.latest_eval, self._evaluated_at = metrics, self.step
         if isinstance(self.model, AutoencoderModel) and self.logger.tb is not None:
             from toolkit.figures import reconstruction_grid
 
@@ -109,6 +113,8 @@ class ModelLoop(Trainer):
             self.after_steps(self.step - 1)
             if self.step % 10 == 0 or self.step == total_steps:
                 bar.update(self.step, None, self._note())
+        if self.step == total_steps and self._evaluated_at != self.step:
+            self.evaluate()  # a finished run's last record describes its final weights
 
     def _note(self) -> str:
         """The latest logged loss and test metric for the bar (no per-step device read)."""
