@@ -8,8 +8,9 @@ the ``toolkit.priors`` entry-point group and the comma-separated arguments go to
   standard deviation, not a variance: ``normal:1,2`` is ``N(1, 4)``); bare ``normal`` is
   ``N(0, 1)``, the prior of Kingma & Welling (2014). Its KL term has a closed form.
 * ``mixture:K`` -- a learned mixture of ``K`` diagonal Gaussians (bare ``mixture`` is
-  ``K = 10``), trained with the rest of the VAE, in the spirit of the VampPrior /
-  mixture-prior line of work (Tomczak & Welling 2018); its KL term is a Monte-Carlo estimate.
+  ``K = 10``), trained with the rest of the VAE; a multimodal prior can match the aggregate
+  posterior better than one Gaussian (cf. Tomczak & Welling 2018, whose VampPrior is a
+  mixture of posteriors at learned pseudo-inputs). Its KL term is a Monte-Carlo estimate.
 
 Adding a prior from another package
 -----------------------------------

@@ -1,0 +1,207 @@
+"""Configs and specs of the vision models (torch-free: ``toolkit list`` imports this).
+
+The models themselves are in :mod:`toolkit_vision.ae`, :mod:`~toolkit_vision.dae`,
+:mod:`~toolkit_vision.mae`, :mod:`~toolkit_vision.vae` and
+:mod:`~toolkit_vision.categorical_vae`, imported only when a model is built.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from toolkit.config import option
+from toolkit.registry import ModelSpec
+
+
+@dataclass(frozen=True)
+class VisionConfig:
+    """What every model here shares: the encoder/decoder family and the optimiser."""
+
+    encoder: Literal["mlp", "conv"] = option(
+        "mlp", "Encoder and decoder family: 'mlp' (flattened inputs) or 'conv' (images only; ConvEncoder/ConvDecoder)."
+    )
+    hidden_sizes: tuple[int, ...] = option(
+        (512, 256), "Hidden widths of the MLP encoder; the decoder mirrors them. Unused with encoder=conv."
+    )
+    lr: float = option(1e-3, "Adam learning rate.")
+    batch_size: int = option(128, "Examples per gradient step.")
+
+    def validate(self) -> None:
+        """Raise ValueError for settings that cannot work."""
+        if self.lr <= 0:
+            raise ValueError(f"lr must be positive, got {self.lr}")
+        if self.batch_size <= 0:
+            raise ValueError(f"batch_size must be positive, got {self.batch_size}")
+        if not self.hidden_sizes or any(w <= 0 for w in self.hidden_sizes):
+            raise ValueError(f"hidden_sizes must hold at least one positive width, got {self.hidden_sizes}")
+
+
+@dataclass(frozen=True)
+class AEConfig(VisionConfig):
+    """Autoencoder: a deterministic code of ``latent_dim`` numbers, trained to reconstruct."""
+
+    latent_dim: int = option(16, "Size of the latent code.")
+
+    def validate(self) -> None:
+        """Raise ValueError for settings that cannot work."""
+        super().validate()
+        if self.latent_dim <= 0:
+            raise ValueError(f"latent_dim must be positive, got {self.latent_dim}")
+
+
+@dataclass(frozen=True)
+class DAEConfig(AEConfig):
+    """Denoising autoencoder (Vincent et al. 2008): reconstruct clean inputs from corrupted ones."""
+
+    noise: Literal["gaussian", "masking"] = option(
+        "masking", "Corruption: 'masking' zeroes each input value with probability noise_level (the paper's); "
+        "'gaussian' adds N(0, noise_level^2) and clips to [0, 1]."
+    )
+    noise_level: float = option(0.3, "Drop probability (masking) or noise standard deviation (gaussian).")
+
+    def validate(self) -> None:
+        """Raise ValueError for settings that cannot work."""
+        super().validate()
+        if self.noise == "masking" and not 0.0 < self.noise_level < 1.0:
+            raise ValueError(f"noise_level is a drop probability with noise=masking and must lie in (0, 1), got {self.noise_level}")
+        if self.noise == "gaussian" and not self.noise_level > 0.0:
+            raise ValueError(f"noise_level is a standard deviation with noise=gaussian and must be positive, got {self.noise_level}")
+
+
+@dataclass(frozen=True)
+class MAEConfig(AEConfig):
+    """Masked autoencoder (He et al. 2022), scaled down: reconstruct hidden patches from visible ones."""
+
+    patch_size: int = option(
+        2, "Side of the square patches (it must divide the image height and width); for vectors, the chunk length."
+    )
+    mask_ratio: float = option(0.5, "Fraction of patches hidden in each training example (paper: 0.75 on ImageNet).")
+
+    def validate(self) -> None:
+        """Raise ValueError for settings that cannot work."""
+        super().validate()
+        if self.patch_size <= 0:
+            raise ValueError(f"patch_size must be positive, got {self.patch_size}")
+        if not 0.0 < self.mask_ratio < 1.0:
+            raise ValueError(f"mask_ratio must lie in (0, 1), got {self.mask_ratio}")
+
+
+@dataclass(frozen=True)
+class VAEConfig(AEConfig):
+    """Variational autoencoder (Kingma & Welling 2014) with a pluggable prior."""
+
+    likelihood: Literal["bernoulli", "gaussian"] = option(
+        "bernoulli", "p(x|z): 'bernoulli' on [0, 1] values, or 'gaussian' with a learned per-value standard "
+        "deviation (shared by all examples, floored at 0.01)."
+    )
+    beta: float = option(1.0, "Weight of the KL term in the training loss (1 is the ELBO; beta-VAE uses more).")
+    prior: str = option("normal:0,1", "Prior over latents, NAME:ARGS: normal:M,S (mean, std) or mixture:K (learned).")
+    kl_samples: int = option(1, "Posterior samples per example for Monte-Carlo KL (priors without a closed form).")
+
+    def validate(self) -> None:
+        """Raise ValueError for settings that cannot work."""
+        super().validate()
+        if not self.beta >= 0:
+            raise ValueError(f"beta must be non-negative, got {self.beta}")
+        if self.kl_samples < 1:
+            raise ValueError(f"kl_samples must be at least 1, got {self.kl_samples}")
+        from toolkit.nn.priors import check_prior  # imports torch: only when validating
+
+        check_prior(self.prior)
+
+
+@dataclass(frozen=True)
+class BetaVAEConfig(VAEConfig):
+    """beta-VAE (Higgins et al. 2017): the VAE with the KL term weighted up, for disentangling."""
+
+    beta: float = option(
+        4.0, "Weight of the KL term in the training loss; beta > 1 trades reconstruction for a more factorised code."
+    )
+
+
+@dataclass(frozen=True)
+class CategoricalVAEConfig(VisionConfig):
+    """VAE with discrete latents relaxed by Gumbel-softmax (Jang et al. 2017)."""
+
+    latent_vars: int = option(20, "Number N of categorical latent variables.")
+    categories: int = option(10, "Categories K of each variable; probes see N*K softmax probabilities.")
+    tau0: float = option(1.0, "Initial Gumbel-softmax temperature (paper: 1.0).")
+    tau_min: float = option(0.5, "Floor of the annealed temperature (paper: 0.5).")
+    anneal_rate: float = option(
+        1e-4, "Temperature schedule tau = max(tau_min, tau0 * exp(-anneal_rate * step)); paper: 3e-5 over ~100k steps."
+    )
+    straight_through: bool = option(
+        True,
+        "Straight-through Gumbel-softmax: exact one-hot codes forward, relaxed gradients backward, so the decoder "
+        "trains on the codes that evaluation, sampling and the NLL use; false trains it on the relaxed samples.",
+    )
+
+    def validate(self) -> None:
+        """Raise ValueError for settings that cannot work."""
+        super().validate()
+        if self.latent_vars < 1:
+            raise ValueError(f"latent_vars must be at least 1, got {self.latent_vars}")
+        if self.categories < 2:
+            raise ValueError(f"categories must be at least 2, got {self.categories}")
+        if not self.tau0 > 0 or not self.tau_min > 0:
+            raise ValueError(f"tau0 and tau_min must be positive, got tau0={self.tau0}, tau_min={self.tau_min}")
+        if self.tau_min > self.tau0:
+            raise ValueError(f"tau_min ({self.tau_min}) must not exceed tau0 ({self.tau0})")
+        if self.anneal_rate < 0:
+            raise ValueError(f"anneal_rate must be non-negative, got {self.anneal_rate}")
+
+
+AE = ModelSpec(
+    name="ae",
+    config=AEConfig,
+    factory="toolkit_vision.ae:make_ae",
+    kind="autoencoder",
+    description="Autoencoder: deterministic encoder and decoder trained to reconstruct (Bernoulli cross-entropy).",
+    api_version=1,
+)
+
+DAE = ModelSpec(
+    name="dae",
+    config=DAEConfig,
+    factory="toolkit_vision.dae:make_dae",
+    kind="autoencoder",
+    description="Denoising autoencoder (Vincent et al. 2008): reconstructs clean inputs from corrupted ones.",
+    api_version=1,
+)
+
+MAE = ModelSpec(
+    name="mae",
+    config=MAEConfig,
+    factory="toolkit_vision.mae:make_mae",
+    kind="autoencoder",
+    description="Masked autoencoder (He et al. 2022), MLP-sized: reconstructs randomly masked patches.",
+    api_version=1,
+)
+
+VAE = ModelSpec(
+    name="vae",
+    config=VAEConfig,
+    factory="toolkit_vision.vae:make_vae",
+    kind="generative",
+    description="Variational autoencoder (Kingma & Welling 2014) with a pluggable prior (normal:M,S, mixture:K).",
+    api_version=1,
+)
+
+BETA_VAE = ModelSpec(
+    name="beta-vae",
+    config=BetaVAEConfig,
+    factory="toolkit_vision.vae:make_vae",
+    kind="generative",
+    description="beta-VAE (Higgins et al. 2017): the VAE with its KL term weighted by beta = 4.",
+    api_version=1,
+)
+
+CATEGORICAL_VAE = ModelSpec(
+    name="categorical-vae",
+    config=CategoricalVAEConfig,
+    factory="toolkit_vision.categorical_vae:make_categorical_vae",
+    kind="generative",
+    description="Categorical VAE (Jang et al. 2017): discrete latents through an annealed Gumbel-softmax.",
+    api_version=1,
+)
