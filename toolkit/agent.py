@@ -13,6 +13,8 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
+from toolkit.checkpointing import Checkpointed
+
 
 class Batch(NamedTuple):
     """A minibatch of transitions, all tensors on the learner's device.
@@ -65,7 +67,7 @@ class Rollout(NamedTuple):
     mask: torch.Tensor
 
 
-class Agent(ABC):
+class Agent(Checkpointed, ABC):
     """Base class of every agent.
 
     Subclasses put everything that must survive a checkpoint (networks, optimisers, tensors)
@@ -76,9 +78,6 @@ class Agent(ABC):
     history_length: int = 1
     #: Length of the reward window each replay batch carries (1 = plain one-step transitions).
     n_step: int = 1
-
-    def __init__(self) -> None:
-        self.checkpointed: dict[str, Any] = {}
 
     @abstractmethod
     def act(self, obs: torch.Tensor, deterministic: bool = False) -> torch.Tensor:
@@ -97,25 +96,6 @@ class Agent(ABC):
     def record_reward(self, reward: float) -> None:
         """Called after every evaluation step with the reward the last action earned
         (return-conditioned models count their return-to-go down with it)."""
-
-    def state_dict(self) -> dict[str, Any]:
-        """Everything needed to continue exactly, as tensors and plain Python values."""
-        out: dict[str, Any] = {}
-        for name, obj in self.checkpointed.items():
-            out[name] = obj.state_dict() if hasattr(obj, "state_dict") else obj.detach().clone()
-        return out
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore what :meth:`state_dict` returned."""
-        missing = set(self.checkpointed) - set(state)
-        if missing:
-            raise KeyError(f"checkpoint lacks {sorted(missing)}")
-        for name, obj in self.checkpointed.items():
-            if hasattr(obj, "load_state_dict"):
-                obj.load_state_dict(state[name])
-            else:
-                with torch.no_grad():
-                    obj.copy_(state[name])
 
 
 def observation_tensor(obs: Any, device: torch.device | str) -> torch.Tensor:

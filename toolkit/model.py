@@ -21,9 +21,11 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import torch
+
+from toolkit.checkpointing import Checkpointed
 
 
 @dataclass(frozen=True)
@@ -57,15 +59,12 @@ class ExampleBatch(NamedTuple):
     y: torch.Tensor | None = None
 
 
-class Model(ABC):
+class Model(Checkpointed, ABC):
     """Base class of every model.
 
     Put everything that must survive a checkpoint (modules, optimisers, tensors, schedules)
     in :attr:`checkpointed`; :meth:`state_dict` and :meth:`load_state_dict` then come for free.
     """
-
-    def __init__(self) -> None:
-        self.checkpointed: dict[str, Any] = {}
 
     @abstractmethod
     def update(self, batch: ExampleBatch) -> dict[str, torch.Tensor]:
@@ -85,25 +84,6 @@ class Model(ABC):
         for obj in self.checkpointed.values():
             if isinstance(obj, torch.nn.Module):
                 obj.train(training)
-
-    def state_dict(self) -> dict[str, Any]:
-        """Everything needed to continue exactly, as tensors and plain Python values."""
-        out: dict[str, Any] = {}
-        for name, obj in self.checkpointed.items():
-            out[name] = obj.state_dict() if hasattr(obj, "state_dict") else obj.detach().clone()
-        return out
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore what :meth:`state_dict` returned."""
-        missing = set(self.checkpointed) - set(state)
-        if missing:
-            raise KeyError(f"checkpoint lacks {sorted(missing)}")
-        for name, obj in self.checkpointed.items():
-            if hasattr(obj, "load_state_dict"):
-                obj.load_state_dict(state[name])
-            else:
-                with torch.no_grad():
-                    obj.copy_(state[name])
 
 
 class AutoencoderModel(Model):
