@@ -46,8 +46,13 @@ def train(
     envs_per_worker: Annotated[int, typer.Option(help="Environments each env-runner actor steps side by side.")] = 1,
     gpus_per_worker: Annotated[float, typer.Option(help="GPUs per data-parallel training worker (offline agents).")] = 0.0,
     address: Annotated[Optional[str], typer.Option(help="Ray cluster to join: auto, HOST:PORT or ray://HOST:PORT (default: RAY_ADDRESS, else a local Ray).")] = None,
+    env_kwargs: Annotated[Optional[str], typer.Option("--env-kwargs", help="Env constructor arguments: key=value,key=value (e.g. run=RUN_DIR,temperature=1.15 for toolkit/Dream-v0).")] = None,
+    pixels: Annotated[Optional[int], typer.Option(help="Observe rendered frames of this side (e.g. 64) instead of the env's own observations.")] = None,
+    frame_stack: Annotated[int, typer.Option(help="With --pixels: frames stacked into one observation.")] = 3,
+    grey: Annotated[bool, typer.Option("--grey", help="With --pixels: one grey channel per frame.")] = False,
 ) -> None:
     """Train an AGENT on an environment (online) or a dataset evaluated in it (offline), or a MODEL on a dataset."""
+    from toolkit.envs import parse_env_kwargs
     from toolkit.training import start_training
 
     try:
@@ -55,7 +60,8 @@ def train(
             agent, env, steps, seed, device, config, set_, run_dir, eval_every=eval_every,
             eval_episodes=eval_episodes, checkpoint_every=checkpoint_every, log_every=log_every,
             progress=progress, dataset=dataset, workers=workers, envs_per_worker=envs_per_worker,
-            gpus_per_worker=gpus_per_worker, address=address,
+            gpus_per_worker=gpus_per_worker, address=address, env_kwargs=parse_env_kwargs(env_kwargs),
+            pixels=pixels, frame_stack=frame_stack, grey=grey,
         )
     except ToolkitError as exc:
         _fail(exc)
@@ -98,6 +104,8 @@ def eval_(
     seed: Annotated[Optional[int], typer.Option(help="Seed of the evaluation episodes (models: of the probes and figures).")] = None,
     is_samples: Annotated[int, typer.Option(help="Models: importance samples per example for the NLL estimate.")] = 100,
     figures: Annotated[bool, typer.Option("--figures/--no-figures", help="Models: write PNG figures into the run dir and TensorBoard.")] = True,
+    env: Annotated[Optional[str], typer.Option("--env", "-e", help="Agents: evaluate in this env instead of the run's (its spaces must fit).")] = None,
+    env_kwargs: Annotated[Optional[str], typer.Option("--env-kwargs", help="Agents: env constructor arguments key=value,... for the evaluation env.")] = None,
 ) -> None:
     """Evaluate a run's latest checkpoint: episodes for an agent, a metrics table and figures for a model."""
     from toolkit.runs import load_settings
@@ -106,9 +114,10 @@ def eval_(
         if load_settings(run_dir).model:
             _eval_model(run_dir, is_samples, figures, seed or 0)
             return
+        from toolkit.envs import parse_env_kwargs
         from toolkit.training import evaluate_run
 
-        result, out, video_path = evaluate_run(run_dir, episodes, video, seed)
+        result, out, video_path = evaluate_run(run_dir, episodes, video, seed, env, parse_env_kwargs(env_kwargs))
     except ToolkitError as exc:
         _fail(exc)
     console.print(f"return {result.mean:.1f} ± {result.std:.1f} over {len(result.returns)} episodes -> {out}")

@@ -128,12 +128,15 @@ def frames(
     grey: Annotated[bool, typer.Option("--grey", help="Store one grey channel instead of RGB.")] = False,
     seed: Annotated[int, typer.Option(help="Seed of the env resets and the random actions.")] = 0,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = True,
+    env_kwargs: Annotated[Optional[str], typer.Option("--env-kwargs", help="Env constructor arguments: key=value,key=value.")] = None,
 ) -> None:
     """Record rendered frames, actions, rewards and episode ends from an env, for models and world models."""
     from toolkit.data.frames import record_frames
+    from toolkit.envs import parse_env_kwargs
 
     try:
-        summary = record_frames(env, steps, size, out, run_dir=run_dir, seed=seed, progress=progress, grey=grey)
+        summary = record_frames(env, steps, size, out, run_dir=run_dir, seed=seed, progress=progress, grey=grey,
+                                env_kwargs=parse_env_kwargs(env_kwargs))
     except ToolkitError as exc:
         _fail(exc)
     console.print(

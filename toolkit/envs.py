@@ -6,6 +6,8 @@ import os
 import warnings
 from typing import Any
 
+from dataclasses import dataclass, field
+
 from toolkit.errors import ToolkitError, did_you_mean
 from toolkit.registry import ENVS, AgentSpec, registry
 
@@ -128,21 +130,70 @@ def _make_atari(env_id: str, render_mode: str | None, **kwargs: Any) -> Any:
     return FrameStackObservation(env, ATARI_FRAME_STACK)
 
 
-def make_env(env_id: str, render_mode: str | None = None, **kwargs: Any) -> Any:
+@dataclass(frozen=True)
+class EnvOptions:
+    """How a run builds its env beyond the id: constructor keyword arguments
+    (``--env-kwargs``) and pixel observations (``--pixels``); recorded in the run's settings."""
+
+    #: Keyword arguments for the env's constructor (``gymnasium.make(id, **kwargs)``).
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    #: Side of square pixel observations rendered from the env; None keeps its own observations.
+    pixels: int | None = None
+    #: Rendered frames stacked into one pixel observation.
+    frame_stack: int = 3
+    #: One grey channel per frame instead of RGB.
+    grey: bool = False
+
+
+def parse_env_kwargs(text: str | None) -> dict[str, Any]:
+    """``"run=DIR,temperature=1.15"`` -> ``{"run": "DIR", "temperature": 1.15}``; values are
+    read as YAML scalars (numbers, booleans, null, else strings)."""
+    import yaml
+
+    if not text:
+        return {}
+    out: dict[str, Any] = {}
+    for item in text.split(","):
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key or not key.isidentifier():
+            raise ToolkitError(f"--env-kwargs expects key=value pairs separated by commas, got '{item}' in '{text}'.")
+        if key in out:
+            raise ToolkitError(f"--env-kwargs names '{key}' twice in '{text}'.")
+        try:
+            value = yaml.safe_load(raw.strip()) if raw.strip() else ""
+        except yaml.YAMLError:
+            value = raw.strip()
+        out[key] = value if isinstance(value, (int, float, bool, str)) or value is None else raw.strip()
+    return out
+
+
+def make_env(env_id: str, render_mode: str | None = None, options: EnvOptions | None = None, **kwargs: Any) -> Any:
     """``gymnasium.make`` with plugin envs registered and errors turned into one sentence.
 
-    ALE (Atari) games get the usual preprocessing (see :func:`_make_atari`).
+    ALE (Atari) games get the usual preprocessing (see :func:`_make_atari`). ``options`` adds
+    constructor arguments and pixel observations (:mod:`toolkit.pixels`).
     """
     _headless_defaults()
     check_env_id(env_id)
     import gymnasium as gym
 
+    options = options or EnvOptions()
+    kwargs = {**options.kwargs, **kwargs}
+    if options.pixels is not None:
+        from toolkit.pixels import make_pixel_env
+
+        return make_pixel_env(env_id, options, render_mode, **kwargs)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)  # "v4 is out of date": the user chose it
             if _is_atari_pixels(env_id):
                 return _make_atari(env_id, render_mode, **kwargs)
             return gym.make(env_id, render_mode=render_mode, **kwargs)
+    except TypeError as exc:  # an --env-kwargs key the env's constructor does not take
+        if kwargs and "argument" in str(exc):
+            raise ToolkitError(f"Environment '{env_id}' does not accept {sorted(kwargs)}: {exc}.") from None
+        raise
     except gym.error.DependencyNotInstalled as exc:
         if "opencv" in str(exc).lower():  # gymnasium's AtariPreprocessing resizes frames with OpenCV
             raise ToolkitError(

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from toolkit.agent import observation_tensor
-from toolkit.envs import make_env
+from toolkit.envs import EnvOptions, make_env
 from toolkit.errors import ToolkitError
 
 
@@ -47,15 +47,17 @@ def evaluate(
     device: torch.device | str = "cpu",
     video_path: Path | None = None,
     env: Any = None,
+    options: EnvOptions | None = None,
 ) -> EvalResult:
     """Run ``episodes`` episodes with the agent's deterministic action.
 
     The evaluation env is seeded from ``seed`` alone and the policy draws no random numbers,
     so evaluating never disturbs a training run's random streams. With ``video_path`` the
-    first episode is rendered offscreen and written as an MP4.
+    first episode is rendered offscreen and written as an MP4. ``options`` are the run's env
+    options (constructor arguments, pixel observations).
     """
     if env is None or video_path is not None:
-        env = make_env(env_id, render_mode="rgb_array" if video_path is not None else None)
+        env = make_env(env_id, render_mode="rgb_array" if video_path is not None else None, options=options)
         if video_path is not None:
             from toolkit.data.frames import fast_render_settings
 

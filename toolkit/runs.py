@@ -65,6 +65,21 @@ class RunSettings:
     model_config: dict[str, Any] = field(default_factory=dict)
     #: Shape of one example a model was built for, checked when the run is resumed or evaluated.
     data_shape: list[int] | None = None
+    #: Keyword arguments of the env's constructor (``--env-kwargs``).
+    env_kwargs: dict[str, Any] = field(default_factory=dict)
+    #: Side of the pixel observations rendered from the env (``--pixels``); None: its own observations.
+    pixels: int | None = None
+    #: Frames stacked into one pixel observation (``--frame-stack``).
+    frame_stack: int = 3
+    #: Grey pixel observations (``--grey``).
+    grey: bool = False
+
+    @property
+    def env_options(self) -> Any:
+        """How this run builds its env (:class:`toolkit.envs.EnvOptions`)."""
+        from toolkit.envs import EnvOptions
+
+        return EnvOptions(dict(self.env_kwargs), self.pixels, self.frame_stack, self.grey)
 
     @property
     def learner(self) -> str:

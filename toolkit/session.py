@@ -66,7 +66,7 @@ class Session:
 
     def make_env(self) -> Any:
         """A fresh environment of the run (agents only)."""
-        return make_env(self.settings.env)
+        return make_env(self.settings.env, options=self.settings.env_options)
 
 
 def build_session(settings: RunSettings, config: Any = None, device_name: str | None = None,
@@ -88,7 +88,7 @@ def build_session(settings: RunSettings, config: Any = None, device_name: str | 
     spec = registry.agent(settings.agent)
     config = config if config is not None else from_dict(spec.config, settings.agent_config)
     torch.manual_seed(settings.seed)
-    env = make_env(settings.env)
+    env = make_env(settings.env, options=settings.env_options)
     check_agent_fits(spec, settings.env, env)
     learner = spec.build(config, env.observation_space, env.action_space, str(device))
     env.close()

@@ -13,7 +13,7 @@ from typing import Any
 from toolkit import __version__
 from toolkit.config import to_dict
 from toolkit.distributed.remote_learner import learner_on_cluster_gpu, run_remote_learner
-from toolkit.envs import check_env_id, make_env
+from toolkit.envs import check_env_id
 from toolkit.errors import ToolkitError
 from toolkit.registry import AgentSpec, ModelSpec, load_object, registry
 from toolkit.session import Session, build_config, build_session, load_model_data, open_run, open_trained_run
@@ -66,6 +66,10 @@ def start_training(
     envs_per_worker: int = 1,
     gpus_per_worker: float = 0.0,
     address: str | None = None,
+    env_kwargs: dict[str, Any] | None = None,
+    pixels: int | None = None,
+    frame_stack: int = 3,
+    grey: bool = False,
 ) -> tuple[Path, Any]:
     """Check everything, create the run directory, train. Returns the run dir and loop result.
 
@@ -79,12 +83,18 @@ def start_training(
     workers for offline ones. With ``workers > 0`` and ``device="cuda"`` on a driver without
     CUDA, the learner runs on a GPU of the Ray cluster
     (:mod:`toolkit.distributed.remote_learner`); the run directory must then be on storage
-    that GPU node writes to (the same machine or a shared filesystem)."""
+    that GPU node writes to (the same machine or a shared filesystem). ``env_kwargs`` go to the
+    env's constructor; ``pixels`` (a side in pixels) makes the agent observe ``frame_stack``
+    rendered frames instead of the env's own observations (:mod:`toolkit.pixels`)."""
     if steps is not None and steps <= 0:
         raise ToolkitError(f"--steps must be a positive number of steps, got {steps}.")
     _check_ray_options(workers, envs_per_worker, gpus_per_worker)
     spec = registry.learner(agent)
     check_learner_inputs(spec, env, dataset)
+    if isinstance(spec, ModelSpec) and (env_kwargs or pixels is not None):
+        raise ToolkitError(f"Model '{spec.name}' takes no env, so --env-kwargs and --pixels do not apply.")
+    if pixels is not None and (pixels < 8 or frame_stack < 1):
+        raise ToolkitError(f"--pixels needs a side of at least 8 pixels and --frame-stack at least 1, got {pixels} and {frame_stack}.")
     if isinstance(spec, ModelSpec):
         return _start_model(spec, steps, seed, device, config_file, set_items, run_dir, runs_root,
                             eval_every, checkpoint_every, log_every, progress, dataset, workers)
@@ -103,7 +113,8 @@ def start_training(
         eval_every=eval_every, eval_episodes=eval_episodes, checkpoint_every=checkpoint_every,
         log_every=log_every or 1_000, agent_config=to_dict(config), toolkit_version=__version__,
         dataset=_dataset_reference(dataset), workers=workers, envs_per_worker=envs_per_worker,
-        gpus_per_worker=gpus_per_worker, address=address,
+        gpus_per_worker=gpus_per_worker, address=address, env_kwargs=dict(env_kwargs or {}),
+        pixels=pixels, frame_stack=frame_stack, grey=grey,
     )
     _refuse_existing_run_dir(run_dir)
     path = run_dir or default_run_dir(runs_root, agent, env, seed)
@@ -216,7 +227,7 @@ def _load_checked_dataset(session: Session) -> Any:
 
     assert session.settings.dataset is not None
     data = load_dataset(session.settings.dataset)
-    env = make_env(session.settings.env)
+    env = session.make_env()
     try:
         check_dataset_fits(data, env)
     finally:
@@ -270,9 +281,13 @@ def make_loop(session: Session, run_dir: Path, progress: bool) -> Any:
 
 
 def evaluate_run(
-    run_dir: Path, episodes: int, video: bool = False, seed: int | None = None
+    run_dir: Path, episodes: int, video: bool = False, seed: int | None = None,
+    env: str | None = None, env_kwargs: dict[str, Any] | None = None,
 ) -> tuple[Any, Path, Path | None]:
-    """Evaluate an agent run's latest checkpoint; writes ``eval/step-<N>.json`` (and a video)."""
+    """Evaluate an agent run's latest checkpoint; writes ``eval/step-<N>.json`` (and a video).
+
+    ``env`` (with ``env_kwargs``) evaluates the agent in another env than it trained in, e.g.
+    an agent trained in a learned world model in the real env; its spaces must fit the agent's."""
     from toolkit.evaluation import evaluate
 
     if episodes <= 0:
@@ -280,13 +295,41 @@ def evaluate_run(
     session, step = open_trained_run(run_dir)
     if session.is_model:
         raise ToolkitError(f"{run_dir} is a model run; evaluate it with evaluate_model_run (`toolkit eval` does).")
+    env_id, options = session.settings.env, session.settings.env_options
+    if env is not None or env_kwargs:
+        env_id, options = _other_env(session, env or env_id, env_kwargs or {})
     video_path = run_dir / "videos" / f"eval-step{step}.mp4" if video else None
     eval_seed = session.settings.seed + 2_000_000 if seed is None else seed
-    result = evaluate(session.agent, session.settings.env, episodes, eval_seed, session.device, video_path)
-    out = run_dir / "eval" / f"step-{step}.json"
-    write_json(out, {"step": step, "seed": eval_seed, **result.to_dict(),
+    result = evaluate(session.agent, env_id, episodes, eval_seed, session.device, video_path, options=options)
+    name = f"step-{step}.json" if env_id == session.settings.env else f"step-{step}-{env_id.replace('/', '_')}.json"
+    out = run_dir / "eval" / name
+    write_json(out, {"step": step, "seed": eval_seed, "env": env_id, **result.to_dict(),
                      "video": str(video_path.relative_to(run_dir)) if video_path else None})
     return result, out, video_path
+
+
+def _other_env(session: Session, env_id: str, env_kwargs: dict[str, Any]) -> tuple[str, Any]:
+    """The env (and options) to evaluate a run in instead of its own, checked to fit the agent."""
+    from dataclasses import replace
+
+    from toolkit.envs import make_env
+
+    check_env_id(env_id)
+    options = replace(session.settings.env_options, kwargs=dict(env_kwargs))
+    other = make_env(env_id, options=options)
+    own = session.make_env()
+    try:
+        for what in ("observation_space", "action_space"):
+            mine, theirs = getattr(own, what), getattr(other, what)
+            if getattr(mine, "shape", None) != getattr(theirs, "shape", None) or type(mine) is not type(theirs):
+                raise ToolkitError(
+                    f"The run's agent was trained on {session.settings.env}, whose {what.replace('_', ' ')} {mine} "
+                    f"does not fit {env_id}'s {theirs}."
+                )
+    finally:
+        own.close()
+        other.close()
+    return env_id, options
 
 
 def evaluate_model_run(run_dir: Path, is_samples: int = 100, is_limit: int = 500, figures: bool = True,

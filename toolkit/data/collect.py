@@ -93,8 +93,9 @@ def _rollout(
     from toolkit.envs import make_env
     from toolkit.progress import TrainingProgress
 
-    env = make_env(env_id)
-    if session is not None and env_id != session.settings.env:
+    same_env = session is not None and env_id == session.settings.env
+    env = make_env(env_id, options=session.settings.env_options if same_env else None)
+    if session is not None and not same_env:
         _check_run_fits(session, env, env_id)
     actor = _Actor(session, env.action_space, noise, seed)
     rows: dict[str, list[Any]] = {k: [] for k in ("obs", "next", "act", "rew", "term", "trunc")}
@@ -122,9 +123,7 @@ def _rollout(
 
 def _check_run_fits(session: Any, env: Any, env_id: str) -> None:
     """The run's agent was built for its own env; another env must have the same spaces."""
-    from toolkit.envs import make_env
-
-    own = make_env(session.settings.env)
+    own = session.make_env()
     for what in ("observation_space", "action_space"):
         if getattr(own, what) != getattr(env, what):
             raise ToolkitError(

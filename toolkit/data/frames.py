@@ -76,6 +76,7 @@ def record_frames(
     seed: int = 0,
     progress: bool = True,
     grey: bool = False,
+    env_kwargs: dict[str, Any] | None = None,
 ) -> FramesSummary:
     """Step ``env_id`` for ``steps`` steps and write each state's rendered frame to ``out``.
 
@@ -99,7 +100,7 @@ def record_frames(
         session, _ = open_trained_run(Path(run_dir))
         if getattr(session, "is_model", False):
             raise ToolkitError(f"{run_dir} is a model run, which has no policy; give an agent run or no run for random actions.")
-    env = _make_render_env(env_id, size)
+    env = _make_render_env(env_id, size, env_kwargs or {})
     try:
         if session is not None and env_id != session.settings.env:
             from toolkit.data.collect import _check_run_fits
@@ -113,7 +114,7 @@ def record_frames(
     return FramesSummary(path=out, frames=rows, episodes=episodes, size=size, seconds=seconds)
 
 
-def _make_render_env(env_id: str, size: int) -> Any:
+def _make_render_env(env_id: str, size: int, env_kwargs: dict[str, Any]) -> Any:
     """The env with offscreen ``rgb_array`` rendering, or a one-sentence error if it has none."""
     from toolkit.envs import check_env_id, make_env
 
@@ -125,7 +126,7 @@ def _make_render_env(env_id: str, size: int) -> Any:
         raise ToolkitError(
             f"Environment '{env_id}' cannot render frames as images (its render modes: {listed}), so it cannot be recorded."
         )
-    kwargs: dict[str, Any] = {}
+    kwargs: dict[str, Any] = dict(env_kwargs)
     if _is_gymnasium_mujoco(creator) and 4 * size < _MUJOCO_DEFAULT_RENDER:
         # A frame shrunk to `size` needs no 480x480 render: 4x4 source pixels per output pixel
         # still smooth edges, and the smaller render halves the time a frame takes.

@@ -222,7 +222,6 @@ def _train_worker(job: dict[str, Any]) -> None:
     import ray.train
     import ray.train.torch
 
-    from toolkit.envs import make_env
     from toolkit.session import build_session
 
     context = ray.train.get_context()
@@ -236,8 +235,7 @@ def _train_worker(job: dict[str, Any]) -> None:
     # every worker's random streams go into rank 0's checkpoint).
     scratch = tempfile.TemporaryDirectory(prefix="toolkit-worker-") if rank else None
     run_dir = Path(job["run_dir"]) if rank == 0 else Path(scratch.name)  # type: ignore[union-attr]
-    env_id = settings.env
-    loop = WorkerLoop(rank, world, session.agent, session.config, settings, lambda: make_env(env_id),
+    loop = WorkerLoop(rank, world, session.agent, session.config, settings, session.make_env,
                       run_dir, session.device, ray.get(job["dataset"]))
     loop.stop_signal = job["stop"]
     if job["state"] is not None:

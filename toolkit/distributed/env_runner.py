@@ -32,7 +32,7 @@ class EnvRunner:
     """
 
     def __init__(self, agent_name: str, agent_config: dict[str, Any], env_id: str, num_envs: int, seed: int,
-                 worker_index: int) -> None:
+                 worker_index: int, env_options: Any = None) -> None:
         import torch
 
         from toolkit.config import from_dict
@@ -45,7 +45,7 @@ class EnvRunner:
         first_seed = seed + worker_index * num_envs
         torch.manual_seed(first_seed)
         self.rng = np.random.default_rng(first_seed)  # random actions before learning starts
-        self.batch = EnvBatch.make(lambda: make_env(env_id), num_envs, first_seed)
+        self.batch = EnvBatch.make(lambda: make_env(env_id, options=env_options), num_envs, first_seed)
         spec = registry.agent(agent_name)
         config = from_dict(spec.config, agent_config)
         self.agent = spec.build(config, self.batch.observation_space, self.batch.action_space, "cpu")

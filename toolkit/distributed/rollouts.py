@@ -103,7 +103,8 @@ class RunnerPool:
             num_cpus=per_runner, max_restarts=-1, max_task_retries=0, scheduling_strategy="SPREAD"
         )
         self.runners = [
-            remote.remote(s.agent, to_dict(config), s.env, s.envs_per_worker, s.seed, i) for i in range(s.workers)
+            remote.remote(s.agent, to_dict(config), s.env, s.envs_per_worker, s.seed, i, s.env_options)
+            for i in range(s.workers)
         ]
         self._weights: Any = None
         self._version = 0

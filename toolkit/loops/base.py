@@ -75,7 +75,8 @@ class TrainingLoop(Trainer):
         if self._eval_env is None:
             self._eval_env = self.make_env()
         result = evaluate(self.agent, self.settings.env, self.settings.eval_episodes,
-                          seed=self.settings.seed + 1_000_000, device=self.device, env=self._eval_env)
+                          seed=self.settings.seed + 1_000_000, device=self.device, env=self._eval_env,
+                          options=self.settings.env_options)
         values = {"return_mean": result.mean, "return_std": result.std}
         score = normalized_score(self.settings.env, result.mean)
         if score is not None:  # D4RL's normalised score, for envs with published references
