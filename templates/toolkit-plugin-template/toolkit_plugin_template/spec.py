@@ -1,8 +1,9 @@
-"""Entry-point target of the template plugin: the config dataclass and the AgentSpec.
+"""Entry-point targets of the template plugin: config dataclasses, the AgentSpec and the ModelSpec.
 
-``toolkit list`` imports this module to show the plugin, so it must stay light: no torch, no
-gymnasium, nothing slow. The algorithm lives in :mod:`toolkit_plugin_template.ddpg` and is
-named below by a ``"module:function"`` string, so it is imported only when an agent is built.
+``toolkit list`` imports this module to show the plugins, so it must stay light: no torch, no
+gymnasium, nothing slow. The agent lives in :mod:`toolkit_plugin_template.ddpg` and the model
+in :mod:`toolkit_plugin_template.linear_ae`; each is named below by a ``"module:function"``
+string, so it is imported only when an agent or a model is built.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from dataclasses import dataclass
 
 from toolkit.config import option
 from toolkit.configs import OffPolicyConfig
-from toolkit.registry import AgentSpec
+from toolkit.registry import AgentSpec, ModelSpec
 
 
 @dataclass(frozen=True)
@@ -58,5 +59,38 @@ DDPG_TEMPLATE = AgentSpec(
     default_steps=50_000,
     # The plugin API version this code was written for. Write the number, not
     # toolkit.PLUGIN_API_VERSION: the point is to record what *you* targeted.
+    api_version=1,
+)
+
+
+@dataclass(frozen=True)
+class LinearAEConfig:
+    """Linear autoencoder settings. ``batch_size`` is required of every model config: the
+    framework's model loop samples minibatches of that size."""
+
+    latent_dim: int = option(16, "Size of the latent code (at most the number of values in one example).")
+    lr: float = option(1e-2, "Adam learning rate.")
+    batch_size: int = option(128, "Examples per gradient step.")
+
+    def validate(self) -> None:
+        """Raise ValueError for settings that cannot work (the CLI reports it as one sentence)."""
+        if self.latent_dim <= 0:
+            raise ValueError(f"latent_dim must be positive, got {self.latent_dim}")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be positive, got {self.lr}")
+        if self.batch_size <= 0:
+            raise ValueError(f"batch_size must be positive, got {self.batch_size}")
+
+
+LINEAR_AE_TEMPLATE = ModelSpec(
+    name="template-linear-ae",  # must equal the entry-point name in pyproject.toml
+    config=LinearAEConfig,
+    factory="toolkit_plugin_template.linear_ae:make_linear_ae",
+    # The kind picks the training loop and tells users what the model is; what `toolkit eval`
+    # shows (linear probes, reconstruction and traversal figures) follows from the class the
+    # model derives from, toolkit.model.AutoencoderModel.
+    kind="autoencoder",
+    description="Template plugin: a linear autoencoder trained on squared error (PCA by gradient descent).",
+    default_steps=2_000,
     api_version=1,
 )
