@@ -7,9 +7,46 @@ imports the spec modules.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal
 
 from toolkit.config import option
+from toolkit.errors import did_you_mean
+
+#: Encoders every agent can read observations through (besides a trained autoencoder run's
+#: directory); :func:`toolkit.nn.encoders.make_encoder` builds them.
+ENCODER_NAMES = ("auto", "mlp", "nature", "impala")
+
+
+def encoder_option(note: str = "") -> Any:
+    """The ``encoder`` field of an agent's config, default ``auto``; ``note`` ends its help."""
+    return option(
+        "auto",
+        "Observation encoder: auto (mlp for vectors, nature for images), mlp (flattened, pixels scaled "
+        "to [0, 1]), nature (Nature-DQN CNN), impala (IMPALA CNN), or a trained ae/vae run directory "
+        "(its encoder applied to each stacked frame)." + (f" {note}" if note else ""),
+    )
+
+
+def encoder_trainable_option() -> Any:
+    """The ``encoder_trainable`` field that goes with :func:`encoder_option`."""
+    return option(
+        True, "Train the encoder with the agent; false freezes it (a pretrained run's weights, or random features)."
+    )
+
+
+def check_encoder(choice: str, key: str = "encoder") -> None:
+    """Raise ValueError (one sentence) unless ``choice`` names an encoder or an existing run directory."""
+    if choice in ENCODER_NAMES:
+        return
+    path = Path(choice).expanduser()
+    if path.is_dir() and (path / "config.yaml").is_file():  # toolkit.runs.CONFIG_FILE, without importing it here
+        return
+    what = "a directory without a run's config.yaml" if path.is_dir() else "neither a known encoder nor a directory"
+    raise ValueError(
+        f"{key} must be one of {', '.join(ENCODER_NAMES)} or a trained ae/vae run directory; "
+        f"'{choice}' is {what}.{did_you_mean(choice, ENCODER_NAMES)}"
+    )
 
 
 @dataclass(frozen=True)
@@ -61,9 +98,18 @@ class CuriosityConfig:
     inverse_loss: Literal["mse", "gaussian"] = option(
         "mse", "Continuous actions: inverse model trained by MSE or by a Gaussian log-likelihood."
     )
+    encoder: str = option(
+        "auto",
+        "How the module reads observations: auto (the paper's: an MLP for vectors, its 4-layer CNN for "
+        "images), or mlp, nature, impala or a trained ae/vae run directory, followed by an MLP to feature_dim.",
+    )
+    encoder_trainable: bool = option(
+        True, "Train the curiosity encoder (an explicit choice); false freezes it, as random or pretrained features."
+    )
 
     def validate(self) -> None:
         """Raise ValueError for settings that cannot work."""
+        check_encoder(self.encoder, "curiosity.encoder")
         if not 0.0 <= self.beta <= 1.0:
             raise ValueError(f"curiosity.beta must lie in [0, 1], got {self.beta}")
         if self.frame_stack < 1:

@@ -14,6 +14,12 @@ intrinsic reward ``r_i = eta/2 ||f(phi(s), a) - phi(s')||^2`` (eq. 6), added to 
 extrinsic reward with weight ``intrinsic_weight``. Transitions the forward model has learned
 to predict stop paying, so the agent is pushed towards what it cannot predict yet.
 
+The encoder is the paper's unless ``curiosity.encoder`` names another: ``mlp``, ``nature``,
+``impala`` or a trained autoencoder run (:func:`toolkit.nn.encoders.make_encoder`), followed by
+an MLP to ``feature_dim``. With ``curiosity.encoder_trainable=false`` that encoder is frozen
+and only the MLP on top learns: random or pretrained features, as compared by Burda et al.
+(2019, "Large-Scale Study of Curiosity-Driven Learning").
+
 With ``frame_stack = k`` the forward model sees the encodings of the last ``k`` observations,
 ``f(phi(s_{t-k+1}), ..., phi(s_t), a_t)``: the multi-frame variant, for dynamics that one
 observation does not pin down.
@@ -24,7 +30,6 @@ update first relabels the batch's rewards with the bonus, then lets the wrapped 
 
 from __future__ import annotations
 
-
 import gymnasium as gym
 import torch
 import torch.nn.functional as F
@@ -33,22 +38,37 @@ from torch import nn
 from toolkit.agent import Agent, Batch, Rollout
 from toolkit.configs import CuriosityConfig
 from toolkit.nn import ICMConvEncoder, mlp
+from toolkit.nn.encoders import make_encoder
 
 
-def _encoder(observation_space: gym.spaces.Box, config: CuriosityConfig) -> nn.Module:
-    """An MLP for vector observations, the paper's convolutional net for images (C, H, W) or (H, W, C)."""
+def _encoder(observation_space: gym.spaces.Box, config: CuriosityConfig, device: torch.device | str) -> nn.Module:
+    """``phi``: observations -> ``feature_dim`` features.
+
+    ``auto`` is the paper's: an MLP for vector observations, its convolutional net for images
+    (C, H, W) or (H, W, C). Any other choice is that encoder, then the same MLP with ELU.
+    """
     shape = observation_space.shape
-    if len(shape) == 1:
-        return nn.Sequential(mlp(shape[0], [config.hidden_size], config.feature_dim, nn.ELU), nn.ELU())
-    if len(shape) == 3:
-        return ICMConvEncoder(shape, config.feature_dim)
-    raise ValueError(f"curiosity supports vector or image observations, not shape {shape}")
+    if config.encoder == "auto":
+        if len(shape) == 1:
+            return nn.Sequential(mlp(shape[0], [config.hidden_size], config.feature_dim, nn.ELU), nn.ELU())
+        if len(shape) == 3:
+            return ICMConvEncoder(shape, config.feature_dim)
+        raise ValueError(f"curiosity supports vector or image observations, not shape {shape}")
+    encoder = make_encoder(config.encoder, observation_space, device, config.encoder_trainable)
+    head = mlp(encoder.out_dim, [config.hidden_size], config.feature_dim, nn.ELU)
+    return nn.Sequential(encoder, head, nn.ELU())
 
 
 class ICM(nn.Module):
     """The Intrinsic Curiosity Module: encoder, inverse model and forward model."""
 
-    def __init__(self, observation_space: gym.Space, action_space: gym.Space, config: CuriosityConfig) -> None:
+    def __init__(
+        self,
+        observation_space: gym.Space,
+        action_space: gym.Space,
+        config: CuriosityConfig,
+        device: torch.device | str = "cpu",
+    ) -> None:
         super().__init__()
         if not isinstance(observation_space, gym.spaces.Box):
             raise ValueError(f"curiosity needs Box observations, not {observation_space}")
@@ -64,7 +84,7 @@ class ICM(nn.Module):
         else:
             raise ValueError(f"curiosity supports Discrete or Box actions, not {action_space}")
         h, d, k = config.hidden_size, config.feature_dim, config.frame_stack
-        self.encoder = _encoder(observation_space, config)
+        self.encoder = _encoder(observation_space, config, device)
         inverse_out = self.action_dim * (2 if config.inverse_loss == "gaussian" and not self.discrete else 1)
         self.inverse = mlp(2 * d, [h], inverse_out)
         self.forward_model = mlp(k * d + self.action_dim, [h], d)
@@ -129,12 +149,13 @@ class CuriousAgent(Agent):
         super().__init__()
         self.agent = agent
         self.config = config
-        self.icm = ICM(observation_space, action_space, config).to(device)
+        self.icm = ICM(observation_space, action_space, config, device).to(device)
         self.history_length = max(agent.history_length, config.frame_stack)
         # The bonus is paid on each batch's first transition (``rewards``); later rewards of an
         # n-step window stay extrinsic, a bias that shrinks with gamma^i.
         self.n_step = agent.n_step
-        self.optimizer = torch.optim.Adam(self.icm.parameters(), lr=config.lr)
+        # A frozen encoder's parameters stay out of the optimiser (and out of its state).
+        self.optimizer = torch.optim.Adam([p for p in self.icm.parameters() if p.requires_grad], lr=config.lr)
         self.checkpointed = {"agent": agent, "icm": self.icm, "icm_optimizer": self.optimizer}
 
     def act(self, obs: torch.Tensor, deterministic: bool = False) -> torch.Tensor:

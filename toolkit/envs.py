@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import warnings
 from typing import Any
 
@@ -180,18 +181,25 @@ def make_env(env_id: str, render_mode: str | None = None, options: EnvOptions | 
 
     options = options or EnvOptions()
     kwargs = {**options.kwargs, **kwargs}
-    if options.pixels is not None:
-        from toolkit.pixels import make_pixel_env
-
-        return make_pixel_env(env_id, options, render_mode, **kwargs)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)  # "v4 is out of date": the user chose it
+            if options.pixels is not None:
+                from toolkit.pixels import make_pixel_env
+
+                return make_pixel_env(env_id, options, render_mode, **kwargs)
             if _is_atari_pixels(env_id):
                 return _make_atari(env_id, render_mode, **kwargs)
             return gym.make(env_id, render_mode=render_mode, **kwargs)
     except TypeError as exc:  # an --env-kwargs key the env's constructor does not take
         if kwargs and "argument" in str(exc):
+            # Gymnasium appends the whole call to the constructor's message; name just the key.
+            unknown = re.search(r"unexpected keyword argument '(\w+)'", str(exc))
+            if unknown:
+                given = ", ".join(sorted(kwargs))
+                raise ToolkitError(
+                    f"Environment '{env_id}' takes no argument '{unknown.group(1)}' (--env-kwargs gave {given})."
+                ) from None
             raise ToolkitError(f"Environment '{env_id}' does not accept {sorted(kwargs)}: {exc}.") from None
         raise
     except gym.error.DependencyNotInstalled as exc:

@@ -11,7 +11,11 @@ import torch
 
 from toolkit.agent import observation_tensor
 from toolkit.envs import EnvOptions, make_env
-from toolkit.errors import ToolkitError
+from toolkit.rendering import fast_render_settings, render_frame
+
+
+#: How an evaluation error ends when the env cannot give pictures.
+_NO_VIDEO = "no video can be made of it"
 
 
 @dataclass
@@ -59,8 +63,6 @@ def evaluate(
     if env is None or video_path is not None:
         env = make_env(env_id, render_mode="rgb_array" if video_path is not None else None, options=options)
         if video_path is not None:
-            from toolkit.data.frames import fast_render_settings
-
             fast_render_settings(env)  # before the first render: MuJoCo reads them when its context is made
     returns: list[float] = []
     lengths: list[int] = []
@@ -76,7 +78,7 @@ def evaluate(
         record = video_path is not None and episode == 0
         while not done:
             if record:
-                frames.append(_render(env, env_id))
+                frames.append(render_frame(env, env_id, _NO_VIDEO))
             action = agent.act(observation_tensor(obs, device), deterministic=True)[0].cpu().numpy()
             obs, reward, terminated, truncated, _ = env.step(action)
             record_reward(float(reward))
@@ -84,21 +86,12 @@ def evaluate(
             length += 1
             done = terminated or truncated
         if record:
-            frames.append(_render(env, env_id))
+            frames.append(render_frame(env, env_id, _NO_VIDEO))
         returns.append(total)
         lengths.append(length)
     if video_path is not None:
         write_video(video_path, frames, fps=int(env.metadata.get("render_fps", 30)))
     return EvalResult(returns, lengths)
-
-
-def _render(env: Any, env_id: str) -> np.ndarray:
-    import gymnasium as gym
-
-    try:
-        return env.render()
-    except gym.error.DependencyNotInstalled as exc:
-        raise ToolkitError(f"Rendering {env_id} needs a package that is not installed: {exc}.") from None
 
 
 def write_video(path: Path, frames: list[np.ndarray], fps: int) -> None:

@@ -416,3 +416,22 @@ def write_model_figures(
         save("latent_scatter", _scatter_figure(latents, labels, data.num_classes))
         save("manifold", _manifold_figure(model, latents, shape, device))
     return written
+
+
+def write_dream_strip(real: np.ndarray, dreamt: np.ndarray, out_dir: Path, tb_writer: Any = None, step: int = 0) -> Path:
+    """``dream.png`` of a world model: a test episode's real frames (top row) over the frames
+    its M dreams from the first of them under the same actions (bottom row; column 0 is V's
+    reconstruction of the first frame). Both are ``[T + 1, C, H, W]`` in ``[0, 1]``."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    n = len(real)
+    grid = image_grid(np.concatenate([_to_numpy(real), _to_numpy(dreamt)]), nrow=n)
+    columns = [f"t={t}" if t % 4 == 0 else "" for t in range(n)]  # every label would crowd small frames
+    fig = _image_figure(grid, "Real frames (top) and the world model's dream under the same actions (bottom)",
+                        row_labels=["real", "dreamt"], col_labels=columns, cell=tuple(real.shape[2:4]))
+    path = out_dir / "dream.png"
+    image = _render(fig)
+    fig.savefig(path, dpi=fig.dpi)
+    if tb_writer is not None:
+        tb_writer.add_image("figures/dream", image, step, dataformats="HWC")
+    return path

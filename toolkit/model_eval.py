@@ -288,7 +288,10 @@ class ModelEvaluation:
 
     def score(self) -> tuple[str, float]:
         """The one number where higher is better that sweeps rank models by: test accuracy
-        for classifiers, the ELBO for VAEs, else minus the reconstruction error."""
+        for classifiers, minus M's NLL for world models, the ELBO for VAEs, else minus the
+        reconstruction error."""
+        if "mdn_nll" in self.metrics:  # a world model is worth its forecasts, not V's reconstructions
+            return "minus test NLL of z(t+1) per latent dim (nats)", -self.metrics["mdn_nll"]
         for name in ("accuracy", "elbo"):
             if name in self.metrics:
                 return f"test {self.label(name)}", self.metrics[name]

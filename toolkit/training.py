@@ -42,7 +42,7 @@ LOOPS: dict[tuple[str, bool], str] = {
     ("autoencoder", False): "toolkit.loops.model:ModelLoop",
     ("generative", False): "toolkit.loops.model:ModelLoop",
     ("classifier", False): "toolkit.loops.model:ModelLoop",
-    ("world-model", False): "toolkit.loops.model:ModelLoop",
+    ("world-model", False): "toolkit.loops.world_model:WorldModelLoop",
 }
 
 
@@ -195,6 +195,11 @@ def check_learner_inputs(spec: AgentSpec | ModelSpec, env: str | None, dataset: 
                 f"Model '{spec.name}' needs --dataset SOURCE: one of {', '.join(NAMED_SOURCES)}, a frames .hdf5 file "
                 "or a directory of MNIST IDX files or CIFAR-10 python batches."
             )
+        if spec.kind == "world-model" and not Path(dataset).is_file():  # a world model learns episodes, not images
+            raise ToolkitError(
+                f"Model '{spec.name}' learns from a frames file with actions, rewards and episode ends, which {dataset} "
+                "is not; record one with `toolkit dataset frames ENV_ID`."
+            )
         return
     if env is None:
         raise ToolkitError(f"Agent '{spec.name}' needs an environment; pass --env ENV_ID (e.g. --env CartPole-v1).")
@@ -344,15 +349,29 @@ def evaluate_model_run(run_dir: Path, is_samples: int = 100, is_limit: int = 500
     session, step = open_trained_run(run_dir)
     if not session.is_model:
         raise ToolkitError(f"{run_dir} is an agent run; `toolkit eval` runs episodes for it.")
-    report = evaluate_model(session.learner, session.data, session.device, is_samples=is_samples,
+    data, world = session.data, None
+    if session.spec.kind == "world-model":  # M's metrics and dream; V is judged on the test episodes' frames
+        from toolkit.loops.world_model import world_model_evaluation
+
+        world = world_model_evaluation(session.learner, session.config, session.settings, session.device, seed=seed)
+        data = world.frames
+    report = evaluate_model(session.learner, data, session.device, is_samples=is_samples,
                             is_limit=is_limit, seed=seed)
+    if world is not None:
+        report.metrics = {**world.metrics, **report.metrics}
+        report.labels.update(world.labels)
     out = run_dir / "eval" / f"step-{step}.json"
     write_json(out, {"step": step, "is_samples": is_samples, **report.to_dict()})
     paths: list[Path] = []
     if figures:
         from torch.utils.tensorboard import SummaryWriter
 
+        figure_dir = run_dir / "figures" / f"step-{step}"
         with SummaryWriter(str(run_dir / "tb")) as tb:
-            paths = write_model_figures(session.learner, session.data, run_dir / "figures" / f"step-{step}",
-                                        session.device, seed=seed, tb_writer=tb, step=step)
+            paths = write_model_figures(session.learner, data, figure_dir, session.device, seed=seed, tb_writer=tb,
+                                        step=step)
+            if world is not None:
+                from toolkit.figures import write_dream_strip
+
+                paths.append(write_dream_strip(world.real, world.dreamt, figure_dir, tb_writer=tb, step=step))
     return report, out, paths

@@ -22,9 +22,12 @@ Refinements, each a config option:
   window (``Batch.window_*``). The window's later steps were chosen by an older policy; like
   Rainbow, DQN does not correct for that.
 
-Observations: vectors go through an MLP; images (``uint8``, channels first as Atari frame
-stacks are, or channels last) go through the Nature-DQN convolutional encoder, scaled by 1/255
-inside the network so the replay buffer keeps compact bytes.
+Observations go through the encoder ``encoder=...`` names (:func:`toolkit.nn.encoders.make_encoder`):
+by default vectors straight into the MLP, and images (``uint8``, channels first as Atari frame
+stacks are, or channels last) through the Nature-DQN convolutional encoder, scaled by 1/255
+inside the network so the replay buffer keeps compact bytes; ``impala`` or a pretrained
+autoencoder run instead. The encoder is part of the Q-network, so the target network has its
+own copy, updated with the rest.
 
 Speed notes (DESIGN.md, Speed): :meth:`DQN.update` is pure tensor code with no read-back to the
 host; even the periodic hard target update is branch-free (a lerp whose weight is 0 or ``tau``),
@@ -42,7 +45,8 @@ from torch import nn
 from toolkit.agent import Agent, Batch
 from toolkit.curiosity import CuriousAgent
 from toolkit.errors import ToolkitError
-from toolkit.nn import NatureCNN, fast_adam_options, mlp
+from toolkit.nn import fast_adam_options, mlp
+from toolkit.nn.encoders import make_encoder
 from toolkit_dqn.spec import DQNConfig, DQNICMConfig
 
 
@@ -66,16 +70,15 @@ class QNetwork(nn.Module):
     subtracting the mean makes ``V`` and ``A`` identifiable without changing ``argmax Q``.
     """
 
-    def __init__(self, observation_space: gym.spaces.Box, n_actions: int, config: DQNConfig) -> None:
+    def __init__(
+        self, observation_space: gym.spaces.Box, n_actions: int, config: DQNConfig, device: torch.device | str = "cpu"
+    ) -> None:
         super().__init__()
-        shape = tuple(observation_space.shape)
-        self.image = len(shape) == 3
-        if self.image:
-            self.encoder: nn.Module = NatureCNN(shape)
-            in_dim, hidden = self.encoder.out_dim, tuple(config.cnn_hidden_sizes)
-        else:
-            self.encoder = nn.Flatten()
-            in_dim, hidden = _flat_size(shape), tuple(config.hidden_sizes)
+        # Pixels reach the encoder as bytes (it scales them); vectors, even byte-valued ones such
+        # as Atari RAM, leave it as floats.
+        self.encoder = make_encoder(config.encoder, observation_space, device, config.encoder_trainable)
+        in_dim = self.encoder.out_dim
+        hidden = tuple(config.cnn_hidden_sizes if self.encoder.convolutional else config.hidden_sizes)
         self.dueling = config.dueling
         if self.dueling:
             self.trunk = _hidden_layers(in_dim, hidden[:-1])
@@ -90,21 +93,12 @@ class QNetwork(nn.Module):
             nn.init.zeros_(layer.bias)
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        # Pixels reach the encoder as bytes (it scales them); vectors, even byte-valued ones such
-        # as Atari RAM, enter the MLP as floats.
-        features = self.encoder(obs if self.image else obs.float())
+        features = self.encoder(obs)
         if not self.dueling:
             return self.head(features)
         h = self.trunk(features)
         advantage = self.advantage(h)
         return self.value(h) + advantage - advantage.mean(-1, keepdim=True)
-
-
-def _flat_size(shape: tuple[int, ...]) -> int:
-    size = 1
-    for d in shape:
-        size *= int(d)
-    return size
 
 
 # --- the agent --------------------------------------------------------------------------------
@@ -132,16 +126,19 @@ class DQN(Agent):
         # The replay buffer attaches an n-step window to each batch when this is above 1.
         self.n_step = config.n_step
 
-        self.q = QNetwork(observation_space, self.n_actions, config).to(self.device)
+        self.q = QNetwork(observation_space, self.n_actions, config, self.device).to(self.device)
         self.q_target = copy.deepcopy(self.q)
         self.q_target.requires_grad_(False)
-        self.optimizer = torch.optim.Adam(self.q.parameters(), lr=config.lr, **fast_adam_options(self.device))
+        # A frozen encoder's parameters stay out of the optimiser and the gradient clipping.
+        trained = [p for p in self.q.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.Adam(trained, lr=config.lr, **fast_adam_options(self.device))
         # Optional linear learning-rate decay: late in training a smaller step keeps a good
         # Q-function from being knocked over by the noise of its own bootstrapped targets.
         final_factor = 1.0 if config.lr_final is None else config.lr_final / config.lr
         self.lr_schedule = torch.optim.lr_scheduler.LinearLR(
             self.optimizer, start_factor=1.0, end_factor=final_factor, total_iters=config.lr_decay_updates
         )
+        self._trained_params = trained
         self._online_params = list(self.q.parameters())
         self._target_params = list(self.q_target.parameters())
 
@@ -232,7 +229,7 @@ class DQN(Agent):
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.max_grad_norm is not None:
-            nn.utils.clip_grad_norm_(self._online_params, cfg.max_grad_norm, foreach=True)
+            nn.utils.clip_grad_norm_(self._trained_params, cfg.max_grad_norm, foreach=True)
         self.optimizer.step()
         if self.config.lr_final is not None:
             self.lr_schedule.step()  # plain Python arithmetic on the step count, no device read

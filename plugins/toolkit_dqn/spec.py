@@ -23,7 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from toolkit.config import nested, option
-from toolkit.configs import CuriosityConfig, OffPolicyConfig
+from toolkit.configs import CuriosityConfig, OffPolicyConfig, check_encoder, encoder_option, encoder_trainable_option
 from toolkit.registry import AgentSpec
 
 
@@ -48,10 +48,10 @@ class DQNConfig(OffPolicyConfig):
     lr_decay_updates: int = option(25_000, "Gradient steps over which the learning rate decays to lr_final.")
     gamma: float = option(0.99, "Discount factor.")
     hidden_sizes: tuple[int, ...] = option(
-        (64, 64), "Hidden layer widths of the Q-network's MLP for vector observations."
+        (64, 64), "Hidden layer widths of the Q-network's MLP on vector features (encoder=mlp, or a pretrained run's latents)."
     )
     cnn_hidden_sizes: tuple[int, ...] = option(
-        (512,), "Hidden layer widths after the Nature-DQN convolutional encoder, for image observations."
+        (512,), "Hidden layer widths after a convolutional encoder (encoder=nature, the default for images, or impala)."
     )
     dueling: bool = option(
         False, "Dueling head (Wang et al. 2016): Q = V(s) + A(s, a) - mean_a A(s, a); the last hidden layer is split in two streams."
@@ -75,10 +75,13 @@ class DQNConfig(OffPolicyConfig):
     )
     max_grad_norm: float | None = option(10.0, "Clip the gradient's global norm to this value; none disables clipping.")
     clip_rewards: bool = option(False, "Clip rewards to [-1, 1] in the update, as Nature DQN does on Atari.")
+    encoder: str = encoder_option("Part of the Q-network: the target network has its own copy.")
+    encoder_trainable: bool = encoder_trainable_option()
 
     def validate(self) -> None:
         """Raise ValueError for settings that cannot work."""
         super().validate()
+        check_encoder(self.encoder)
         if not 0.0 < self.gamma <= 1.0:
             raise ValueError(f"gamma must lie in (0, 1], got {self.gamma}")
         if not 0.0 < self.tau <= 1.0:

@@ -10,7 +10,12 @@ Two policy heads, with their log-probabilities and entropies written out:
   stable-baselines3), ``log pi(a|s) = sum_i [-(a_i - mu_i)^2 / (2 sigma_i^2) - log sigma_i - log(2 pi)/2]``,
   ``H = sum_i [log sigma_i + (1 + log(2 pi))/2]``.
 
-Actor and critic are two MLPs, or one torso with two heads (``shared_network``). Weights are
+Observations first pass through one encoder (``encoder=...``,
+:func:`toolkit.nn.encoders.make_encoder`), shared by policy and value: the identity for
+vectors (the default), a CNN for images, as in the PPO and A2C Atari networks whose convolutional
+torso feeds both heads (Mnih et al. 2016; Schulman et al. 2017). It is trained by the whole
+loss, policy and value terms together. On its features, actor and critic are two MLPs, or one
+torso with two heads (``shared_network``). Weights are
 initialised orthogonally as in the PPO and A2C reference implementations (OpenAI baselines,
 stable-baselines3): gain sqrt(2) in hidden layers, 0.01 for the policy's output (so the first
 policy is close to uniform or zero-mean) and 1 for the value's.
@@ -28,6 +33,7 @@ from torch import nn
 from toolkit.agent import Agent, Rollout
 from toolkit.errors import ToolkitError
 from toolkit.nn import fast_adam_options
+from toolkit.nn.encoders import make_encoder
 from toolkit_pg.returns import explained_variance, masked_mean
 from toolkit_pg.spec import PolicyGradientConfig
 
@@ -120,12 +126,21 @@ class ActorCritic(nn.Module):
         observation_space: gym.Space,
         action_space: gym.Space,
         config: PolicyGradientConfig,
+        device: torch.device | str = "cpu",
     ) -> None:
         super().__init__()
         if not isinstance(observation_space, gym.spaces.Box):
-            raise ToolkitError(f"Policy-gradient agents need Box (vector) observations, not {observation_space}.")
+            raise ToolkitError(f"Policy-gradient agents need Box (vector or image) observations, not {observation_space}.")
         self.obs_shape = tuple(observation_space.shape)
-        obs_dim = int(math.prod(self.obs_shape))
+        # For vectors the encoder is the identity on the flattened observation: no parameters,
+        # no random numbers drawn, so the networks below start as they did without it.
+        self.encoder = make_encoder(config.encoder, observation_space, device, config.encoder_trainable)
+        obs_dim = self.encoder.out_dim
+        if config.normalize_obs and self.encoder.image:
+            raise ToolkitError(
+                "normalize_obs standardises vector observations, but this environment observes images "
+                f"{self.obs_shape}, which the encoder scales to [0, 1]; leave normalize_obs off."
+            )
         self.discrete = isinstance(action_space, gym.spaces.Discrete)
         if self.discrete:
             out_dim = int(action_space.n)
@@ -148,7 +163,7 @@ class ActorCritic(nn.Module):
         self.value_head = _linear(hidden[-1], 1, 1.0)
 
     def _features(self, obs: torch.Tensor) -> torch.Tensor:
-        x = obs.float().flatten(obs.dim() - len(self.obs_shape))
+        x = self.encoder(obs)
         return self.obs_norm(x) if self.obs_norm is not None else x
 
     def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -209,8 +224,9 @@ class PolicyGradientAgent(Agent):
     ) -> None:
         super().__init__()
         self.config = config
-        self.policy = ActorCritic(observation_space, action_space, config).to(device)
-        params = list(self.policy.parameters())
+        self.policy = ActorCritic(observation_space, action_space, config, device).to(device)
+        # A frozen encoder's parameters stay out of the optimiser and the gradient clipping.
+        params = [p for p in self.policy.parameters() if p.requires_grad]
         if optimizer == "rmsprop":  # A3C's and stable-baselines3's A2C settings
             self.optimizer: torch.optim.Optimizer = torch.optim.RMSprop(params, lr=config.lr, alpha=0.99, eps=1e-5)
         else:  # eps 1e-5 as in the PPO reference implementations

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from toolkit.config import nested, option
-from toolkit.configs import CuriosityConfig, OnPolicyConfig
+from toolkit.configs import CuriosityConfig, OnPolicyConfig, check_encoder, encoder_option, encoder_trainable_option
 from toolkit.registry import AgentSpec
 
 
@@ -37,10 +37,13 @@ class PolicyGradientConfig(OnPolicyConfig):
     normalize_advantage: bool = option(False, "Standardise advantages (zero mean, unit std) before the policy loss.")
     normalize_obs: bool = option(False, "Standardise observations with running statistics (kept in checkpoints).")
     init_log_std: float = option(0.0, "Box actions: initial log standard deviation of the Gaussian policy.")
+    encoder: str = encoder_option("One encoder shared by the policy and value networks.")
+    encoder_trainable: bool = encoder_trainable_option()
 
     def validate(self) -> None:
         """Raise ValueError for settings that cannot work."""
         super().validate()
+        check_encoder(self.encoder)
         if not 0.0 < self.gamma <= 1.0:
             raise ValueError(f"gamma must lie in (0, 1], got {self.gamma}")
         if self.lr <= 0:
@@ -149,6 +152,7 @@ REINFORCE = AgentSpec(
     factory="toolkit_pg.reinforce:make_reinforce",
     kind="on-policy",
     action_spaces=("discrete", "box"),
+    observation_spaces=("box", "image"),
     description="REINFORCE (Williams 1992) with a learned baseline and an entropy bonus, on whole episodes.",
     default_steps=500_000,
     api_version=1,
@@ -160,6 +164,7 @@ A2C = AgentSpec(
     factory="toolkit_pg.a2c:make_a2c",
     kind="on-policy",
     action_spaces=("discrete", "box"),
+    observation_spaces=("box", "image"),
     description="Advantage actor-critic (Mnih et al. 2016, synchronous): n-step or GAE advantages, entropy bonus.",
     default_steps=1_000_000,
     api_version=1,
@@ -171,6 +176,7 @@ PPO = AgentSpec(
     factory="toolkit_pg.ppo:make_ppo",
     kind="on-policy",
     action_spaces=("discrete", "box"),
+    observation_spaces=("box", "image"),
     description="Proximal Policy Optimisation (Schulman et al. 2017): clipped surrogate, GAE, minibatch epochs.",
     default_steps=1_000_000,
     api_version=1,
@@ -182,6 +188,7 @@ PPO_ICM = AgentSpec(
     factory="toolkit_pg.ppo:make_ppo_icm",
     kind="on-policy",
     action_spaces=("discrete", "box"),
+    observation_spaces=("box", "image"),
     description="PPO with the Intrinsic Curiosity Module (Pathak et al. 2017) as an exploration bonus.",
     default_steps=1_000_000,
     api_version=1,

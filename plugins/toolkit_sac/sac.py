@@ -7,6 +7,18 @@ SAC maximises return plus policy entropy, ``sum_t E[r_t + alpha * H(pi(.|s_t))]`
 * a tanh-squashed Gaussian policy trained through the reparameterisation trick;
 * a temperature ``alpha`` tuned so that the policy's entropy stays near a target (``-dim A``).
 
+Observations reach actor and critics through one encoder (``encoder=...``,
+:func:`toolkit.nn.encoders.make_encoder`): the identity for vectors, so SAC on vectors is
+exactly the algorithm above. On pixels SAC follows DrQ (Kostrikov et al. 2020, "Image
+Augmentation Is All You Need: Regularizing Deep Reinforcement Learning from Pixels"):
+
+* one encoder is shared by actor and critics and trained by the critic loss only; the actor
+  reads its features detached (section 3 and their SAC-AE predecessor, Yarats et al. 2019);
+* the target critics read a target copy of the encoder, Polyak-averaged with them;
+* each update shifts ``obs`` and ``next_obs`` by random ``[-4, 4]`` pixels (``augment=shift``,
+  :func:`toolkit.nn.encoders.random_shift`), one augmentation of each per update (DrQ with
+  ``K = M = 1``, as DrQ-v2 uses it).
+
 Speed notes (DESIGN.md, Speed): the twin critics are one stacked ensemble; the critic, actor
 and temperature losses share one backward pass and one optimiser step (they touch disjoint
 parameters, and the actor reads the critics through detached weights), and no metric is read
@@ -16,6 +28,7 @@ wrapped in ``torch.compile`` or captured in a CUDA graph later.
 
 from __future__ import annotations
 
+import copy
 import math
 
 import gymnasium as gym
@@ -25,6 +38,7 @@ from torch import nn
 from toolkit.agent import Agent, Batch
 from toolkit.curiosity import CuriousAgent
 from toolkit.nn import EnsembleMLP, TanhGaussian, fast_adam_options, mlp
+from toolkit.nn.encoders import make_encoder, random_shift
 from toolkit_sac.spec import SACConfig, SACICMConfig
 
 LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
@@ -66,8 +80,12 @@ class TanhGaussianActor(nn.Module):
         return self.distribution(obs).mode()
 
 
+#: DrQ's shift: images are padded by 4 pixels and cropped back (Kostrikov et al. 2020).
+SHIFT_PIXELS = 4
+
+
 class SAC(Agent):
-    """Soft Actor-Critic for continuous (Box) action spaces."""
+    """Soft Actor-Critic for continuous (Box) action spaces, on vector or image observations."""
 
     def __init__(
         self,
@@ -78,7 +96,10 @@ class SAC(Agent):
     ) -> None:
         super().__init__()
         self.config = config
-        obs_dim = int(observation_space.shape[0])
+        # The encoder is built first: for vectors it has no parameters and draws no random
+        # numbers, so actor and critics start from the same weights as without it.
+        self.encoder = make_encoder(config.encoder, observation_space, device, config.encoder_trainable)
+        obs_dim = self.encoder.out_dim
         act_dim = int(action_space.shape[0])
         hidden = tuple(config.hidden_sizes)
 
@@ -87,6 +108,11 @@ class SAC(Agent):
         self.target_critic = EnsembleMLP(2, obs_dim + act_dim, hidden, 1).to(device)
         self.target_critic.load_state_dict(self.critic.state_dict())
         self.target_critic.requires_grad_(False)
+        # DrQ's target critics read a Polyak-averaged copy of the encoder. An encoder that does
+        # not learn (the identity on vectors, a frozen one) is its own target.
+        encoder_params = [p for p in self.encoder.parameters() if p.requires_grad]
+        self.target_encoder = copy.deepcopy(self.encoder).requires_grad_(False) if encoder_params else self.encoder
+        self.augment = config.augment == "shift" and self.encoder.image
 
         self.log_alpha = torch.tensor(math.log(config.alpha), device=device, requires_grad=config.autotune_alpha)
         self.target_entropy = -float(act_dim) if config.target_entropy is None else config.target_entropy
@@ -94,7 +120,8 @@ class SAC(Agent):
         # One optimiser with one parameter group per distinct learning rate: Adam is
         # per-parameter, so this equals separate optimisers for critics, actor and temperature,
         # but costs one fused step instead of three.
-        critic_params = list(self.critic.parameters())
+        # The encoder learns from the critic loss, so it takes the critics' learning rate.
+        critic_params = list(self.critic.parameters()) + encoder_params
         other_params = list(self.actor.parameters()) + ([self.log_alpha] if config.autotune_alpha else [])
         critic_lr = config.critic_lr or config.lr
         if critic_lr == config.lr:
@@ -104,6 +131,9 @@ class SAC(Agent):
         self.optimizer = torch.optim.Adam(groups, **fast_adam_options(device))
         self._critic_params = list(self.critic.parameters())
         self._target_params = list(self.target_critic.parameters())
+        if self.target_encoder is not self.encoder:
+            self._critic_params += list(self.encoder.parameters())
+            self._target_params += list(self.target_encoder.parameters())
 
         self.checkpointed = {
             "actor": self.actor,
@@ -112,54 +142,80 @@ class SAC(Agent):
             "log_alpha": self.log_alpha,
             "optimizer": self.optimizer,
         }
+        # Only an encoder with state is saved, so vector runs keep the checkpoint they always had.
+        if self.encoder.state_dict():
+            self.checkpointed["encoder"] = self.encoder
+        if self.target_encoder is not self.encoder:
+            self.checkpointed["target_encoder"] = self.target_encoder
 
     @torch.no_grad()
     def act(self, obs: torch.Tensor, deterministic: bool = False) -> torch.Tensor:
         """Sample from the policy, or take its mean action when ``deterministic``."""
+        features = self.encoder(obs)
         if deterministic:
-            return self.actor.mode(obs)
-        return self.actor.sample_action(obs)
+            return self.actor.mode(features)
+        return self.actor.sample_action(features)
 
-    def update(self, batch: Batch) -> dict[str, torch.Tensor]:
-        """One SAC gradient step on critics, actor and temperature."""
+    def augmented(self, obs: torch.Tensor) -> torch.Tensor:
+        """DrQ's random shift of a batch of images (``augment=shift``); anything else as it is."""
+        if not self.augment:
+            return obs
+        return random_shift(obs, SHIFT_PIXELS, self.encoder.channels_last)
+
+    def losses(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        """The critic, actor and temperature losses of one batch, and what to report of it."""
         cfg = self.config
         alpha = self.log_alpha.detach().exp()
+        obs, next_obs = self.augmented(batch.obs), self.augmented(batch.next_obs)
+        features = self.encoder(obs)
 
         # Soft Bellman target (paper eq. 3 with clipped double Q):
         # y = r + gamma (1 - done) (min_i Q'_i(s', a') - alpha log pi(a'|s')),  a' ~ pi(.|s')
+        # The policy reads s' through the online encoder, the target critics through its target copy (DrQ).
         with torch.no_grad():
-            next_action, next_log_prob = self.actor.sample(batch.next_obs)
-            next_q = self.target_critic(torch.cat([batch.next_obs, next_action], -1)).amin(0)
+            next_action, next_log_prob = self.actor.sample(self.encoder(next_obs))
+            next_q = self.target_critic(torch.cat([self.target_encoder(next_obs), next_action], -1)).amin(0)
             target = batch.rewards + cfg.gamma * (1.0 - batch.dones) * (next_q - alpha * next_log_prob)
 
         # Critic loss J_Q = 1/2 E[(Q_i(s, a) - y)^2], summed over the twin critics (eq. 5).
-        q = self.critic(torch.cat([batch.obs, batch.actions], -1))
+        # Its gradient is the only one that reaches the encoder.
+        q = self.critic(torch.cat([features, batch.actions], -1))
         critic_loss = 0.5 * (q - target).pow(2).mean(dim=(1, 2)).sum()
 
         # Policy loss J_pi = E[alpha log pi(a|s) - min_i Q_i(s, a)], a reparameterised (eq. 7).
-        # The critics are read through detached weights, so this loss moves the actor only.
-        action, log_prob = self.actor.sample(batch.obs)
-        q_pi = self.critic(torch.cat([batch.obs, action], -1), detach_params=True).min(0).values
+        # The critics are read through detached weights and the encoder's features are detached
+        # (DrQ), so this loss moves the actor only.
+        state = features.detach()
+        action, log_prob = self.actor.sample(state)
+        q_pi = self.critic(torch.cat([state, action], -1), detach_params=True).min(0).values
         actor_loss = (alpha * log_prob - q_pi).mean()
 
         # Temperature loss J(alpha) = E[-alpha (log pi(a|s) + target_entropy)] (eq. 18), in log alpha.
         alpha_loss = -(self.log_alpha * (log_prob.detach() + self.target_entropy)).mean()
 
-        self.optimizer.zero_grad(set_to_none=True)
-        (critic_loss + actor_loss + (alpha_loss if cfg.autotune_alpha else 0.0)).backward()
-        self.optimizer.step()
-
-        # Polyak averaging of the target critics: theta' <- (1 - tau) theta' + tau theta.
-        with torch.no_grad():
-            torch._foreach_lerp_(self._target_params, self._critic_params, cfg.tau)
-
-        return {
+        metrics = {
             "critic_loss": critic_loss.detach(),
             "actor_loss": actor_loss.detach(),
             "alpha": alpha,
             "entropy": -log_prob.detach().mean(),
             "q_mean": q.detach().mean(),
         }
+        return critic_loss, actor_loss, alpha_loss, metrics
+
+    def update(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """One SAC gradient step on critics (and encoder), actor and temperature."""
+        cfg = self.config
+        critic_loss, actor_loss, alpha_loss, metrics = self.losses(batch)
+
+        self.optimizer.zero_grad(set_to_none=True)
+        (critic_loss + actor_loss + (alpha_loss if cfg.autotune_alpha else 0.0)).backward()
+        self.optimizer.step()
+
+        # Polyak averaging of the target critics (and the target encoder): theta' <- (1 - tau) theta' + tau theta.
+        with torch.no_grad():
+            torch._foreach_lerp_(self._target_params, self._critic_params, cfg.tau)
+
+        return metrics
 
 
 def make_sac(config: SACConfig, observation_space: gym.Space, action_space: gym.Space, device: str) -> SAC:

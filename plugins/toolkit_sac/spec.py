@@ -7,8 +7,9 @@ specs only); the algorithm in :mod:`toolkit_sac.sac` is imported when an agent i
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
-from toolkit.configs import CuriosityConfig, OffPolicyConfig
+from toolkit.configs import CuriosityConfig, OffPolicyConfig, check_encoder, encoder_option, encoder_trainable_option
 from toolkit.config import nested, option
 from toolkit.registry import AgentSpec
 
@@ -25,10 +26,16 @@ class SACConfig(OffPolicyConfig):
     autotune_alpha: bool = option(True, "Tune the entropy temperature alpha to reach target_entropy.")
     alpha: float = option(1.0, "Initial (or, without autotuning, fixed) entropy temperature.")
     target_entropy: float | None = option(None, "Entropy target; None means -dim(action space).")
+    encoder: str = encoder_option("Shared by actor and critics, trained by the critic loss (DrQ).")
+    encoder_trainable: bool = encoder_trainable_option()
+    augment: Literal["none", "shift"] = option(
+        "shift", "Image observations: DrQ's random shift of up to 4 pixels on obs and next_obs in each update, or none; vectors are never augmented."
+    )
 
     def validate(self) -> None:
         """Raise ValueError for settings that cannot work."""
         super().validate()
+        check_encoder(self.encoder)
         if not 0.0 < self.gamma <= 1.0:
             raise ValueError(f"gamma must lie in (0, 1], got {self.gamma}")
         if not 0.0 < self.tau <= 1.0:
@@ -55,6 +62,7 @@ SAC = AgentSpec(
     factory="toolkit_sac.sac:make_sac",
     kind="off-policy",
     action_spaces=("box",),
+    observation_spaces=("box", "image"),
     description="Soft Actor-Critic (Haarnoja et al. 2018): twin critics, tanh-Gaussian policy, auto-tuned entropy.",
     api_version=1,
 )
@@ -65,6 +73,7 @@ SAC_ICM = AgentSpec(
     factory="toolkit_sac.sac:make_sac_icm",
     kind="off-policy",
     action_spaces=("box",),
+    observation_spaces=("box", "image"),
     description="SAC with the Intrinsic Curiosity Module (Pathak et al. 2017) as an exploration bonus.",
     api_version=1,
 )

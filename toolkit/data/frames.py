@@ -28,6 +28,9 @@ from typing import Any
 import numpy as np
 
 from toolkit.errors import ToolkitError
+from toolkit.rendering import fast_render_settings, make_render_env, render_frame, resize_frame
+
+__all__ = ["FRAMES_FORMAT", "FramesSummary", "fast_render_settings", "record_frames", "resize_frame"]
 
 #: ``format`` attribute of a frames file.
 FRAMES_FORMAT = "toolkit-frames"
@@ -48,23 +51,6 @@ class FramesSummary:
     size: int
     #: Wall-clock time the recording took.
     seconds: float
-
-
-def fast_render_settings(env: Any) -> None:
-    """Make a MuJoCo env render much faster offscreen; a no-op for other envs.
-
-    MuJoCo renders with 4x multisampling and 4096x4096 shadow maps by default, which costs
-    most of a frame (about 200 ms against 20 ms for Hopper on a software renderer) and shows
-    little once frames are shrunk to a few dozen pixels. Both are read when the rendering
-    context is created, so call this before the env's first ``render()``.
-    """
-    model = getattr(getattr(env, "unwrapped", env), "model", None)
-    # Check the type's module, not isinstance, so that envs without MuJoCo never import it.
-    if model is None or not type(model).__module__.startswith("mujoco"):
-        return
-    quality = model.vis.quality
-    quality.offsamples = 0
-    quality.shadowsize = 0
 
 
 def record_frames(
@@ -114,94 +100,16 @@ def record_frames(
     return FramesSummary(path=out, frames=rows, episodes=episodes, size=size, seconds=seconds)
 
 
+#: How a frames error ends when the env cannot give pictures.
+_CANNOT_RECORD = "it cannot be recorded"
+
+
 def _make_render_env(env_id: str, size: int, env_kwargs: dict[str, Any]) -> Any:
     """The env with offscreen ``rgb_array`` rendering, or a one-sentence error if it has none."""
     from toolkit.envs import check_env_id, make_env
 
     check_env_id(env_id)
-    creator = _env_creator(env_id)
-    modes = getattr(creator, "metadata", {}).get("render_modes")
-    if modes is not None and "rgb_array" not in modes:
-        listed = ", ".join(modes) if modes else "none"
-        raise ToolkitError(
-            f"Environment '{env_id}' cannot render frames as images (its render modes: {listed}), so it cannot be recorded."
-        )
-    kwargs: dict[str, Any] = dict(env_kwargs)
-    if _is_gymnasium_mujoco(creator) and 4 * size < _MUJOCO_DEFAULT_RENDER:
-        # A frame shrunk to `size` needs no 480x480 render: 4x4 source pixels per output pixel
-        # still smooth edges, and the smaller render halves the time a frame takes.
-        kwargs.update(width=4 * size, height=4 * size)
-    try:
-        env = make_env(env_id, render_mode="rgb_array", **kwargs)
-    except TypeError as exc:
-        if "render_mode" not in str(exc):
-            raise
-        raise ToolkitError(f"Environment '{env_id}' takes no render_mode, so it cannot render frames to record.") from None
-    fast_render_settings(env)
-    return env
-
-
-#: The side of a Gymnasium MuJoCo env's rendered frame unless it is told otherwise.
-_MUJOCO_DEFAULT_RENDER = 480
-
-
-def _env_creator(env_id: str) -> Any:
-    """The class or function that builds ``env_id``, loaded without building it (None if it fails)."""
-    import gymnasium as gym
-    from gymnasium.envs.registration import load_env_creator
-
-    spec = gym.spec(env_id)
-    try:
-        return spec.entry_point if callable(spec.entry_point) else load_env_creator(spec.entry_point)
-    except Exception:  # building the env reports a broken entry point better
-        return None
-
-
-def _is_gymnasium_mujoco(creator: Any) -> bool:
-    """Whether ``creator`` is one of Gymnasium's MuJoCo env classes (which take width/height)."""
-    if not isinstance(creator, type) or not creator.__module__.startswith("gymnasium.envs.mujoco"):
-        return False
-    from gymnasium.envs.mujoco.mujoco_env import MujocoEnv
-
-    return issubclass(creator, MujocoEnv)
-
-
-def _render(env: Any, env_id: str) -> np.ndarray:
-    """One ``[H, W, C]`` uint8 frame, or a clear error when the env does not give one."""
-    import gymnasium as gym
-
-    try:
-        frame = env.render()
-    except gym.error.DependencyNotInstalled as exc:
-        raise ToolkitError(f"Rendering {env_id} needs a package that is not installed: {exc}.") from None
-    frame = np.asarray(frame) if frame is not None else None
-    if frame is None or frame.ndim != 3 or frame.shape[2] not in (1, 3, 4):
-        got = "nothing" if frame is None else f"an array of shape {frame.shape}"
-        raise ToolkitError(f"Environment '{env_id}' rendered {got} instead of an RGB image, so it cannot be recorded.")
-    return frame
-
-
-def resize_frame(frame: np.ndarray, size: int, grey: bool = False) -> np.ndarray:
-    """``[H, W, C]`` uint8 to ``[size, size, C']`` uint8 (C' = 3, or 1 with ``grey``).
-
-    Shrinking averages the source pixels each output pixel covers (``area`` interpolation),
-    which does not alias the way picking pixels does; enlarging repeats pixels.
-    """
-    import torch
-    import torch.nn.functional as F
-
-    # Made channels-first while still uint8 (a quarter of the bytes to move): pooling a
-    # channels-last float tensor as it is takes twice as long.
-    # An alpha channel carries no picture. MuJoCo hands back an upside-down view (negative
-    # strides), which torch cannot wrap, hence the copy where one is needed.
-    rgb = torch.from_numpy(np.ascontiguousarray(np.asarray(frame)[..., :3]))
-    pixels = rgb.permute(2, 0, 1)[None].contiguous().float()
-    small = F.interpolate(pixels, size=(size, size), mode="area")[0]
-    if grey:
-        # ITU-R BT.601 luma, the weights most greyscale conversions (Atari's too) use; being
-        # linear, it commutes with averaging, so it is applied to the small frame.
-        small = (small * torch.tensor([0.299, 0.587, 0.114]).view(3, 1, 1)).sum(0, keepdim=True)
-    return small.round_().clamp_(0, 255).to(torch.uint8).permute(1, 2, 0).contiguous().numpy()
+    return make_render_env(env_id, size, make_env, _CANNOT_RECORD, **env_kwargs)
 
 
 class _Policy:
@@ -289,7 +197,7 @@ def _record(
             policy.start_episode()
             writer: _Writer | None = None
             for step in range(1, steps + 1):
-                frame = resize_frame(_render(env, env_id), size, grey)
+                frame = resize_frame(render_frame(env, env_id, _CANNOT_RECORD), size, grey)
                 action = policy(obs)
                 next_obs, reward, terminated, truncated, _ = env.step(action)
                 policy.record_reward(float(reward))

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from toolkit.agent import Agent, Rollout
+from toolkit.buffers import FrameReplayBuffer
 from toolkit.distributed.cluster import init_ray
 from toolkit.distributed.env_runner import EnvRunner, Sample
 from toolkit.errors import ToolkitError
@@ -247,13 +248,17 @@ class DistributedOffPolicyLoop(_RunnerLoop, OffPolicyLoop):
 
     Agents that read observation histories or n-step windows need each episode stored in one
     piece, so their transitions wait on the learner until their episode ends (or the runner
-    is replaced); everyone else's go into the buffer as they arrive.
+    is replaced); so do those of envs that observe frame stacks, whose buffer
+    (:class:`~toolkit.buffers.FrameReplayBuffer`) stores each frame once only when an episode's
+    steps arrive one after another. Everyone else's go into the buffer as they arrive.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.env.env.close()  # only its spaces were needed: the runners step the envs
-        self.whole_episodes = self.agent.history_length > 1 or self.agent.n_step > 1
+        self.whole_episodes = (
+            self.agent.history_length > 1 or self.agent.n_step > 1 or isinstance(self.buffer, FrameReplayBuffer)
+        )
         self._pending: dict[tuple[int, int], list[tuple[Any, ...]]] = defaultdict(list)
 
     def extra_state(self) -> dict[str, Any]:
@@ -310,7 +315,7 @@ class DistributedOffPolicyLoop(_RunnerLoop, OffPolicyLoop):
         if policy_acted:
             taken_obs = obs.reshape(steps * envs, *obs.shape[2:])[: self.step - start].copy()
             with torch.no_grad():
-                self.agent.act(torch.as_tensor(taken_obs, dtype=self.buffer.obs.dtype, device=self.device))
+                self.agent.act(torch.as_tensor(taken_obs, dtype=self.buffer.obs_dtype, device=self.device))
         for episode_return, length, taken in episodes:
             if start + taken <= self.step:
                 self.log_episode(episode_return, length, start + taken)
@@ -328,6 +333,7 @@ class DistributedOffPolicyLoop(_RunnerLoop, OffPolicyLoop):
 
     def train_until(self, total_steps: int, bar: TrainingProgress) -> None:
         ray, pool = self.pool.ray, self.pool
+        self.log_replay_memory()
         pool.publish(self.agent)
         in_flight: dict[Any, tuple[int, bool]] = {}
         restarts = pool.restarts

@@ -193,7 +193,8 @@ def plan_sweep(
 
 def _model_metric(kind: str) -> str:
     """What a model kind's trials are scored by (see ModelEvaluation.score)."""
-    return {"classifier": "test accuracy", "generative": "test ELBO"}.get(kind, "minus test reconstruction error")
+    return {"classifier": "test accuracy", "generative": "test ELBO",
+            "world-model": "minus test MDN-RNN NLL"}.get(kind, "minus test reconstruction error")
 
 
 def _absolute(path: str | Path | None) -> Any:

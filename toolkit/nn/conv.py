@@ -4,6 +4,7 @@
   replay buffers and datasets can keep compact ``uint8`` pixels.
 * :class:`NatureCNN`: the DQN torso (Mnih et al. 2015).
 * :class:`ICMConvEncoder`: the Intrinsic Curiosity Module's encoder (Pathak et al. 2017).
+* :class:`ImpalaCNN`: the IMPALA residual torso (Espeholt et al. 2018).
 * :class:`ConvEncoder` / :class:`ConvDecoder`: a small mirrored pair for autoencoders and VAEs,
   for any image size from 8x8 up.
 """
@@ -17,13 +18,19 @@ import torch
 from torch import nn
 
 
-def _channels_last(shape: Sequence[int]) -> bool:
-    """Whether an observation shape is ``(H, W, C)``.
+def channels_last(shape: Sequence[int]) -> bool:
+    """Whether an image observation's shape is ``(H, W, C)`` rather than ``(C, H, W)``.
 
-    Frame stacks and grayscale images are channels-first with at most 4 channels; RGB renders
-    from gymnasium come channels-last, with a first dimension (height) well above 4.
+    Images have more rows and columns than channels, so the smaller of the two outer dimensions
+    is the channel axis: ``(4, 84, 84)`` Atari stacks and ``(9, 84, 84)`` stacks of three RGB
+    frames are channels-first, ``(84, 84, 9)`` and gymnasium's RGB renders channels-last. When
+    the outer dimensions are equal (a cube), at most 4 leading entries mean channels-first.
     """
-    return int(shape[0]) > 4
+    first, last = int(shape[0]), int(shape[-1])
+    if first != last:
+        return last < first
+    return first > 4
+
 
 
 class ImageInput(nn.Module):
@@ -49,14 +56,14 @@ class NatureCNN(nn.Module):
     """The Nature-DQN convolutional torso (Mnih et al. 2015): 32 8x8/4, 64 4x4/2, 64 3x3/1, ReLU, flattened.
 
     ``shape`` is one observation's shape, ``(C, H, W)`` or ``(H, W, C)`` (told apart as in
-    :func:`_channels_last`). Takes ``uint8`` pixels and scales them here. ``out_dim`` is the
+    :func:`channels_last`). Takes ``uint8`` pixels and scales them here. ``out_dim`` is the
     flattened feature size (``64 * 7 * 7`` for 84x84 frames).
     """
 
     def __init__(self, shape: Sequence[int]) -> None:
         super().__init__()
         shape = tuple(int(d) for d in shape)
-        self.channels_last = _channels_last(shape)
+        self.channels_last = channels_last(shape)
         channels = shape[-1] if self.channels_last else shape[0]
         # ImageInput holds no parameters, so the state dict keeps DQN's ``conv.*`` names.
         self.input = ImageInput(self.channels_last)
@@ -84,13 +91,13 @@ class ICMConvEncoder(nn.Sequential):
 
     def __init__(self, shape: Sequence[int], feature_dim: int) -> None:
         shape = tuple(int(d) for d in shape)
-        channels_last = _channels_last(shape)
-        channels = shape[-1] if channels_last else shape[0]
+        last_axis = channels_last(shape)
+        channels = shape[-1] if last_axis else shape[0]
         layers: list[nn.Module] = []
         for i in range(4):
             layers += [nn.Conv2d(channels if i == 0 else 32, 32, 3, stride=2, padding=1), nn.ELU()]
         conv = nn.Sequential(*layers, nn.Flatten())
-        image_input = ImageInput(channels_last)
+        image_input = ImageInput(last_axis)
         # The flattened size from a dummy pass (zeros draw no random numbers) rather than a
         # LazyLinear, so the optimiser sees every parameter from the start.
         with torch.no_grad():
@@ -177,3 +184,63 @@ class ConvDecoder(nn.Module):
             top, left = (x.shape[-2] - h) // 2, (x.shape[-1] - w) // 2
             x = x[..., top:top + h, left:left + w]
         return x
+
+
+class ImpalaResidualBlock(nn.Module):
+    """``x + conv(relu(conv(relu(x))))`` with two 3x3 convolutions that keep the size and channels
+    (Espeholt et al. 2018, figure 3, right)."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv0 = nn.Conv2d(channels, channels, 3, padding=1)
+        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Not in place: the skip connection still needs x.
+        return x + self.conv1(torch.relu(self.conv0(torch.relu(x))))
+
+
+class ImpalaStage(nn.Module):
+    """One stage of the IMPALA torso: a 3x3 convolution, a 3x3 stride-2 max-pool (halving the
+    size, rounding up) and two :class:`ImpalaResidualBlock` s."""
+
+    def __init__(self, in_channels: int, channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, channels, 3, padding=1)
+        self.pool = nn.MaxPool2d(3, stride=2, padding=1)
+        self.res0 = ImpalaResidualBlock(channels)
+        self.res1 = ImpalaResidualBlock(channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.res1(self.res0(self.pool(self.conv(x))))
+
+
+class ImpalaCNN(nn.Module):
+    """The IMPALA "deep" torso (Espeholt et al. 2018, figure 3, right): three
+    :class:`ImpalaStage` s of 16, 32 and 32 channels, ReLU, flattened, then a linear layer to
+    ``feature_dim`` (the paper's 256) and ReLU. The paper's LSTM on top is left out.
+
+    ``shape`` is one observation's shape, ``(C, H, W)`` or ``(H, W, C)`` (told apart as in
+    :func:`channels_last`); ``uint8`` pixels are scaled here. 84x84 frames shrink to 42, 21 and
+    11 pixels a side, so the linear layer reads ``32 * 11 * 11`` features.
+    """
+
+    def __init__(self, shape: Sequence[int], feature_dim: int = 256, channels: Sequence[int] = (16, 32, 32)) -> None:
+        super().__init__()
+        shape = tuple(int(d) for d in shape)
+        self.channels_last = channels_last(shape)
+        last = shape[-1] if self.channels_last else shape[0]
+        self.input = ImageInput(self.channels_last)
+        stages: list[nn.Module] = []
+        for width in channels:
+            stages.append(ImpalaStage(last, width))
+            last = width
+        self.stages = nn.Sequential(*stages)
+        with torch.no_grad():  # zeros draw no random numbers, so building stays reproducible
+            flat = int(self.stages(self.input(torch.zeros(1, *shape, dtype=torch.uint8))).flatten(1).shape[-1])
+        self.head = nn.Linear(flat, feature_dim)
+        self.out_dim = feature_dim
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.stages(self.input(obs))).flatten(1)
+        return torch.relu(self.head(x))
