@@ -326,3 +326,27 @@ def test_distributed_off_policy_runs_store_each_frame_once(tmp_path: Path, ray_s
     assert 0 < len(buffer) <= 300 and buffer.frames_written == len(buffer) + starts
     assert read_metrics(tmp_path, "replay")[0]["buffer"] == "FrameReplayBuffer"
     assert loop.updates > 0
+
+
+@pytest.mark.parametrize(
+    ("agent", "settings", "steps", "stop"),
+    [
+        # DQN: replay of frame stacks through the Nature-style default for small frames (IMPALA).
+        ("dqn", ["--set", "learning_starts=100", "--set", "batch_size=16", "--set", "buffer_size=2000",
+                 "--set", "train_every=4"], 300, 250),
+        # PPO: rollouts of frame stacks (no replay), a checkpoint after each 64-step rollout.
+        ("ppo", ["--set", "num_envs=1", "--set", "rollout_steps=64", "--set", "minibatch_size=32", "--set", "epochs=1"],
+         256, 128),
+    ],
+)
+def test_dqn_and_ppo_train_on_cartpole_pixels_and_resume_exactly(
+    cli, tmp_path: Path, one_thread: Any, agent: str, settings: list[str], steps: int, stop: int
+) -> None:
+    common = ["--env", "CartPole-v1", "--pixels", "16", *settings, "--no-progress", "--log-every", "64",
+              "--seed", "2"]
+    whole, parts = tmp_path / "whole", tmp_path / "parts"
+    result = cli("train", agent, "--steps", str(steps), "--run-dir", whole, *common)
+    assert result.exit_code == 0, result.output
+    assert cli("train", agent, "--steps", str(stop), "--run-dir", parts, *common).exit_code == 0
+    assert cli("resume", parts, "--steps", str(steps), "--no-progress").exit_code == 0
+    assert _curve(whole) == _curve(parts)
