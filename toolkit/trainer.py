@@ -206,3 +206,47 @@ class Trainer:
                 signal.signal(signal.SIGINT, previous_handler)
             self.logger.close()
         return LoopResult(self.step, self._stop_requested, self.last_value(), self.return_source)
+
+
+class GradientStepTrainer(Trainer):
+    """A trainer whose step is one gradient step on data it samples itself (the model loops):
+    no episodes, the latest loss and test metric in the progress bar, and a finished run ends
+    with an evaluation of its final weights."""
+
+    learner_key = "model"
+    return_source = "evaluation"
+    shows_return = False
+
+    def __init__(self, learner: Any, settings: RunSettings, run_dir: Path, device: torch.device,
+                 progress: bool = True) -> None:
+        super().__init__(learner, settings, run_dir, device, progress)
+        #: The test metrics of the latest evaluation, and the step it ran at.
+        self.latest_eval: dict[str, float] = {}
+        self._evaluated_at = -1
+
+    def gradient_step(self) -> dict[str, torch.Tensor]:
+        """Sample a batch and update the learner once; return its metrics."""
+        raise NotImplementedError
+
+    def note(self) -> str:
+        """Short text for the progress bar beside the step count."""
+        loss = self.latest_metrics.get("loss")  # as of the last log line: no per-step device read
+        return "" if loss is None else f"loss {loss:.4g}"
+
+    def record_evaluation(self, metrics: dict[str, float]) -> None:
+        """Log an evaluation's test metrics as ``eval`` and remember them."""
+        assert self.logger is not None
+        self.logger.log(self.step, "eval", metrics)
+        self.latest_eval, self._evaluated_at = metrics, self.step
+
+    def train_until(self, total_steps: int, bar: TrainingProgress) -> None:
+        self.learner.train_mode(True)
+        while self.step < total_steps and not self.stop_requested:
+            self.accumulate(self.gradient_step())
+            self.step += 1
+            self.updates += 1
+            self.after_steps(self.step - 1)
+            if self.step % 10 == 0 or self.step == total_steps:
+                bar.update(self.step, None, self.note())
+        if self.step == total_steps and self._evaluated_at != self.step:
+            self.evaluate()  # a finished run's last record describes its final weights

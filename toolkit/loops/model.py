@@ -17,9 +17,8 @@ import torch
 
 from toolkit.data.images import ImageDataset
 from toolkit.model import AutoencoderModel, ExampleBatch, Model
-from toolkit.progress import TrainingProgress
 from toolkit.runs import RunSettings
-from toolkit.trainer import Trainer
+from toolkit.trainer import GradientStepTrainer
 
 if TYPE_CHECKING:
     from toolkit.session import Session
@@ -54,12 +53,8 @@ class MinibatchSampler:
         self.generator.set_state(state["generator"].cpu())
 
 
-class ModelLoop(Trainer):
+class ModelLoop(GradientStepTrainer):
     """Trains one model on one dataset; evaluates it on the test split."""
-
-    learner_key = "model"
-    return_source = "evaluation"
-    shows_return = False
 
     def __init__(self, model: Model, config: Any, settings: RunSettings, data: ImageDataset, run_dir: Path,
                  device: torch.device, progress: bool = True) -> None:
@@ -67,9 +62,6 @@ class ModelLoop(Trainer):
         self.model, self.config, self.data = model, config, data
         self.batch_size = int(config.batch_size)
         self.sampler = MinibatchSampler(data, device, seed=settings.seed)
-        #: The test metrics of the latest periodic evaluation.
-        self.latest_eval: dict[str, float] = {}
-        self._evaluated_at = -1
         self._grid_inputs = torch.as_tensor(data.to_float(data.x_test[:GRID_EXAMPLES]), device=device)
 
     @classmethod
@@ -93,37 +85,21 @@ class ModelLoop(Trainer):
         # more or less often never changes what training draws.
         with seeded(self.settings.seed + 1_000_000, self.device):
             metrics = test_metrics(self.model, self.data, self.device, limit=EVAL_EXAMPLES)
-        self.logger.log(self.step, "eval", metrics)
-        self.latest_eval, self._evaluated_at = metrics, self.step
+        self.record_evaluation(metrics)
         if isinstance(self.model, AutoencoderModel) and self.logger.tb is not None:
             from toolkit.figures import reconstruction_grid
 
             grid = reconstruction_grid(self.model, self._grid_inputs)
             self.logger.tb.add_image("eval/reconstructions", grid, self.step, dataformats="HWC")
 
-    def last_value(self) -> float | None:
-        return None
+    def gradient_step(self) -> dict[str, torch.Tensor]:
+        return self.model.update(self.sampler.sample(self.batch_size))
 
-    def train_until(self, total_steps: int, bar: TrainingProgress) -> None:
-        self.model.train_mode(True)
-        while self.step < total_steps and not self.stop_requested:
-            self.accumulate(self.model.update(self.sampler.sample(self.batch_size)))
-            self.step += 1
-            self.updates += 1
-            self.after_steps(self.step - 1)
-            if self.step % 10 == 0 or self.step == total_steps:
-                bar.update(self.step, None, self._note())
-        if self.step == total_steps and self._evaluated_at != self.step:
-            self.evaluate()  # a finished run's last record describes its final weights
-
-    def _note(self) -> str:
+    def note(self) -> str:
         """The latest logged loss and test metric for the bar (no per-step device read)."""
-        parts = []
-        loss = self.latest_metrics.get("loss")
-        if loss is not None:
-            parts.append(f"loss {loss:.4g}")
+        parts = [super().note()]
         for key in ("elbo", "accuracy", "recon_error"):
             if key in self.latest_eval:
                 parts.append(f"test {key} {self.latest_eval[key]:.4g}")
                 break
-        return "  ".join(parts)
+        return "  ".join(p for p in parts if p)

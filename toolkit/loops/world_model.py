@@ -55,9 +55,8 @@ import torch
 
 from toolkit.errors import ToolkitError
 from toolkit.model import ExampleBatch, GenerativeModel
-from toolkit.progress import TrainingProgress
 from toolkit.runs import RunSettings
-from toolkit.trainer import Trainer
+from toolkit.trainer import GradientStepTrainer
 
 if TYPE_CHECKING:
     from toolkit.data.images import ImageDataset
@@ -574,12 +573,8 @@ def world_model_evaluation(model: WorldModel, config: Any, settings: RunSettings
 # --------------------------------------------------------------------------- the loop
 
 
-class WorldModelLoop(Trainer):
+class WorldModelLoop(GradientStepTrainer):
     """Trains a world model on one frames file: V for ``model.vae_steps`` steps, then M."""
-
-    learner_key = "model"
-    return_source = "evaluation"
-    shows_return = False
 
     def __init__(self, model: WorldModel, config: Any, settings: RunSettings, run_dir: Path, device: torch.device,
                  progress: bool = True) -> None:
@@ -599,8 +594,6 @@ class WorldModelLoop(Trainer):
         self.test_frames = self.sequences.image_dataset()
         #: V's posterior of every frame, encoded once V is frozen (recomputed after a resume).
         self.latents: Latents | None = None
-        self.latest_eval: dict[str, float] = {}
-        self._evaluated_at = -1
 
     @classmethod
     def from_session(cls, session: Session, run_dir: Path, progress: bool) -> WorldModelLoop:
@@ -625,24 +618,13 @@ class WorldModelLoop(Trainer):
             self.latents = encode_latents(self.model, self.sequences, self.z_source)
         return self.latents
 
-    def train_until(self, total_steps: int, bar: TrainingProgress) -> None:
-        self.model.train_mode(True)
-        while self.step < total_steps and not self.stop_requested:
-            if not self.in_phase_two:
-                metrics = self.model.update(self.sampler.frames(self.vae_batch_size))
-            else:
-                if self.step == self.model.vae_steps and self._metric_count:
-                    self.flush_metrics()  # V's averages end here; M's metrics have other names
-                batch = self.sampler.windows(self.batch_size, self._latents(), self.z_source)
-                metrics = self.model.update_sequences(batch)
-            self.accumulate(metrics)
-            self.step += 1
-            self.updates += 1
-            self.after_steps(self.step - 1)
-            if self.step % 10 == 0 or self.step == total_steps:
-                bar.update(self.step, None, self._note())
-        if self.step == total_steps and self._evaluated_at != self.step:
-            self.evaluate()  # a finished run's last record describes its final weights
+    def gradient_step(self) -> dict[str, torch.Tensor]:
+        if not self.in_phase_two:
+            return self.model.update(self.sampler.frames(self.vae_batch_size))
+        if self.step == self.model.vae_steps and self._metric_count:
+            self.flush_metrics()  # V's averages end here; M's metrics have other names
+        batch = self.sampler.windows(self.batch_size, self._latents(), self.z_source)
+        return self.model.update_sequences(batch)
 
     def evaluate(self) -> None:
         """V's test metrics (the first test frames) and, once M trains, M's (the first test
@@ -655,8 +637,7 @@ class WorldModelLoop(Trainer):
             if self.in_phase_two:
                 metrics.update(sequence_metrics(self.model, self.sequences, self._latents(), self.z_source,
                                                 limit=EVAL_WINDOWS))
-        self.logger.log(self.step, "eval", metrics)
-        self.latest_eval, self._evaluated_at = metrics, self.step
+        self.record_evaluation(metrics)
         if self.logger.tb is not None:
             from toolkit.figures import reconstruction_grid
 
@@ -664,14 +645,11 @@ class WorldModelLoop(Trainer):
             self.logger.tb.add_image("eval/reconstructions", reconstruction_grid(self.model, grid_inputs), self.step,
                                      dataformats="HWC")
 
-    def _note(self) -> str:
+    def note(self) -> str:
         """The latest logged loss and test metric for the bar (no per-step device read)."""
-        parts = []
-        loss = self.latest_metrics.get("loss")
-        if loss is not None:
-            parts.append(f"loss {loss:.4g}")
+        parts = [super().note()]
         if "mdn_nll" in self.latest_eval and "copy_nll" in self.latest_eval:
             parts.append(f"test NLL/dim {self.latest_eval['mdn_nll']:.3g} (copy {self.latest_eval['copy_nll']:.3g})")
         elif "elbo" in self.latest_eval:
             parts.append(f"test elbo {self.latest_eval['elbo']:.4g}")
-        return "  ".join(parts)
+        return "  ".join(p for p in parts if p)
