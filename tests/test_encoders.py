@@ -342,3 +342,12 @@ def test_saved_configs_without_encoder_keys_still_load(name: str) -> None:
         saved["curiosity"] = {k: v for k, v in saved["curiosity"].items() if not k.startswith("encoder")}
     config = from_dict(spec.config, saved)
     assert config.encoder == "auto" and config.encoder_trainable
+
+
+def test_an_encoder_run_is_recorded_by_absolute_path(ae_run: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from toolkit.registry import registry
+    from toolkit.session import build_config
+
+    monkeypatch.chdir(ae_run.parent)
+    config = build_config(registry.agent("sac"), set_items=[f"encoder={ae_run.name}"])
+    assert config.encoder == str(ae_run.resolve())

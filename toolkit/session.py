@@ -39,7 +39,21 @@ def build_config(spec: AgentSpec | ModelSpec, config_file: Path | None = None, s
         config = apply_overrides(config, load_yaml_overrides(config_file), source=str(config_file))
     config = apply_overrides(config, parse_set_options(set_items or []))
     validate(config)
-    return config
+    return _absolute_run_paths(config)
+
+
+def _absolute_run_paths(config: Any) -> Any:
+    """Settings that name another run (``encoder=RUN_DIR``) are recorded by absolute path, so
+    `toolkit resume` and `eval` find that run from any working directory."""
+    from toolkit.config import describe
+    from toolkit.runs import CONFIG_FILE
+
+    absolute = {}
+    for info in describe(config):
+        value = info.default  # describe() of an instance reports its current values
+        if isinstance(value, str) and value and (Path(value).expanduser() / CONFIG_FILE).is_file():
+            absolute[info.key] = str(Path(value).expanduser().resolve())
+    return apply_overrides(config, absolute, source="run paths") if absolute else config
 
 
 @dataclass
