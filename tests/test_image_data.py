@@ -13,7 +13,8 @@ import h5py
 import numpy as np
 import pytest
 
-from toolkit.data.frames import FRAMES_FORMAT, record_frames, resize_frame
+from toolkit.data.frames import FRAMES_FORMAT, record_frames
+from toolkit.rendering import resize_frame
 from toolkit.data.images import NAMED_SOURCES, ImageDataset, is_image_source, load_image_source
 from toolkit.errors import ToolkitError
 
@@ -415,7 +416,7 @@ def test_record_with_a_trained_policy(tmp_path):
 
 def test_mujoco_frames_with_fast_render_settings(tmp_path):
     pytest.importorskip("mujoco")
-    from toolkit.data.frames import fast_render_settings
+    from toolkit.rendering import fast_render_settings
     from toolkit.envs import make_env
 
     env = make_env("Hopper-v4", render_mode="rgb_array")

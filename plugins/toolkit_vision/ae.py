@@ -44,8 +44,12 @@ class Autoencoder(AutoencoderModel):
         logits = self.decoder(self.encoder(x_in))
         return -bernoulli_log_likelihood(logits, target)
 
+    def training_input(self, x: torch.Tensor) -> torch.Tensor:
+        """What the encoder sees while training: the clean batch (the DAE corrupts it)."""
+        return x
+
     def update(self, batch: ExampleBatch) -> dict[str, torch.Tensor]:
-        loss = self.loss(batch.x, batch.x).mean()
+        loss = self.loss(self.training_input(batch.x), batch.x).mean()
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()

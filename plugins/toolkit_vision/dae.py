@@ -34,13 +34,9 @@ class DenoisingAutoencoder(Autoencoder):
             return x * (torch.rand_like(x) >= level)
         return (x + level * torch.randn_like(x)).clamp_(0.0, 1.0)
 
-    def update(self, batch: ExampleBatch) -> dict[str, torch.Tensor]:
-        # Steps 2 and 3: reconstruct the clean batch from its corrupted copy.
-        loss = self.loss(self.corrupt(batch.x), batch.x).mean()
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
-        return {"loss": loss.detach()}
+    def training_input(self, x: torch.Tensor) -> torch.Tensor:
+        # Steps 2 and 3 (the autoencoder's update): reconstruct the clean batch from its corrupted copy.
+        return self.corrupt(x)
 
     @torch.no_grad()
     def evaluate(self, batch: ExampleBatch) -> dict[str, torch.Tensor]:

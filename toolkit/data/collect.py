@@ -96,7 +96,7 @@ def _rollout(
     same_env = session is not None and env_id == session.settings.env
     env = make_env(env_id, options=session.settings.env_options if same_env else None)
     if session is not None and not same_env:
-        _check_run_fits(session, env, env_id)
+        check_run_fits(session, env, env_id)
     actor = _Actor(session, env.action_space, noise, seed)
     rows: dict[str, list[Any]] = {k: [] for k in ("obs", "next", "act", "rew", "term", "trunc")}
     episode, episode_return, last_return = 0, 0.0, None
@@ -121,7 +121,7 @@ def _rollout(
     return _as_dataset(rows, metadata, source=f"{quality} rollouts on {env_id}")
 
 
-def _check_run_fits(session: Any, env: Any, env_id: str) -> None:
+def check_run_fits(session: Any, env: Any, env_id: str) -> None:
     """The run's agent was built for its own env; another env must have the same spaces."""
     own = session.make_env()
     for what in ("observation_space", "action_space"):

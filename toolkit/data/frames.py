@@ -28,9 +28,9 @@ from typing import Any
 import numpy as np
 
 from toolkit.errors import ToolkitError
-from toolkit.rendering import fast_render_settings, make_render_env, render_frame, resize_frame
+from toolkit.rendering import make_render_env, render_frame, resize_frame
 
-__all__ = ["FRAMES_FORMAT", "FramesSummary", "fast_render_settings", "record_frames", "resize_frame"]
+__all__ = ["FRAMES_FORMAT", "FramesSummary", "record_frames"]
 
 #: ``format`` attribute of a frames file.
 FRAMES_FORMAT = "toolkit-frames"
@@ -89,9 +89,9 @@ def record_frames(
     env = _make_render_env(env_id, size, env_kwargs or {})
     try:
         if session is not None and env_id != session.settings.env:
-            from toolkit.data.collect import _check_run_fits
+            from toolkit.data.collect import check_run_fits
 
-            _check_run_fits(session, env, env_id)
+            check_run_fits(session, env, env_id)
         start = time.perf_counter()
         rows, episodes = _record(env, env_id, steps, size, out, session, run_dir, seed, progress, grey)
         seconds = time.perf_counter() - start
