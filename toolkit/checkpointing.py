@@ -37,3 +37,16 @@ class Checkpointed:
             else:
                 with torch.no_grad():
                     obj.copy_(state[name])
+
+    def prunable_modules(self) -> dict[str, torch.nn.Module]:
+        """The networks `toolkit prune` may sparsify, by their key in :attr:`checkpointed`.
+
+        By default every module except target-network copies (keys containing ``target``),
+        which suits models. An agent overrides it to name its policy alone (what acts), since
+        pruning is judged by evaluation return and critics need not be small; see
+        ``docs/pruning.md``.
+        """
+        return {
+            name: obj for name, obj in self.checkpointed.items()
+            if isinstance(obj, torch.nn.Module) and "target" not in name
+        }

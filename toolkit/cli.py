@@ -226,6 +226,83 @@ def sweep(
         raise typer.Exit(1)
 
 
+@app.command()
+def prune(
+    run_dir: Annotated[Path, typer.Argument(help="A trained run directory (left untouched).")],
+    scan: Annotated[bool, typer.Option("--scan", help="Per-layer sensitivity scan: each layer alone at sparsity 0.1 ... 0.9; writes scan.csv and scan.png.")] = False,
+    sparsity: Annotated[Optional[float], typer.Option(help="Prune this fraction of the weights, in [0, 1).")] = None,
+    scope: Annotated[str, typer.Option(help="With --sparsity: global (one magnitude ranking over all layers) or layer (each layer to the sparsity).")] = "global",
+    per_layer: Annotated[Optional[str], typer.Option("--per-layer", help="Sparsity per layer: NAME=S,NAME=S (names as --scan lists them).")] = None,
+    max_drop: Annotated[Optional[float], typer.Option(help="Choose per-layer sparsities from a scan so the predicted metric drop stays within X.")] = None,
+    finetune: Annotated[int, typer.Option(help="Training steps after pruning, the pruned weights held at zero.")] = 0,
+    out: Annotated[Optional[Path], typer.Option(help="New directory for the result (default: RUN-pruned or RUN-scan beside the run).")] = None,
+    episodes: Annotated[int, typer.Option(help="Agents: evaluation episodes per measurement of the return.")] = 10,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show progress bars.")] = True,
+) -> None:
+    """Prune a trained run's weights (L1 magnitude) into a new run; optionally fine-tune it with the masks held."""
+    from toolkit.prune_run import PruneRequest, parse_per_layer, prune_run
+
+    try:
+        request = PruneRequest(scan=scan, sparsity=sparsity, scope=scope, per_layer=parse_per_layer(per_layer),
+                               max_drop=max_drop, finetune=finetune, episodes=episodes)
+        outcome = prune_run(run_dir, request, out, progress)
+    except ToolkitError as exc:
+        _fail(exc)
+    if outcome.scan is not None:
+        _print_scan(outcome.scan)
+    if outcome.report is not None:
+        _print_prune_report(outcome.report)
+    console.print(f"written: {', '.join(str(p) for p in outcome.files)}")
+    if outcome.report is not None:
+        console.print(f"Pruned run: {outcome.out} (toolkit eval {outcome.out})")
+
+
+def _print_scan(scan: object) -> None:
+    """The scan as aligned plain text: a table of ten columns would be cut in 80 columns."""
+    points, sizes = scan.points, scan.sizes  # type: ignore[attr-defined]
+    sparsities = list(next(iter(points.values())))
+    width = max(len("layer"), *(len(name) for name in points))
+    console.print(f"Sensitivity scan: {escape(scan.metric)}, dense {_short(scan.dense)}; "  # type: ignore[attr-defined]
+                  "each layer alone pruned to:", highlight=False)
+    header = f"{'layer':<{width}} {'weights':>9}" + "".join(f"{s:>6.0%}" for s in sparsities)
+    console.print(header, highlight=False)
+    for name, row in points.items():
+        cells = "".join(f"{_short(row[s]):>6}" for s in sparsities)
+        console.print(f"{escape(name):<{width}} {sizes[name]:>9,}{cells}", highlight=False, soft_wrap=True)
+
+
+def _short(value: float) -> str:
+    """A metric in a few characters (the scan table has ten columns): returns as integers,
+    accuracies with two decimals."""
+    if abs(value) >= 100:
+        return f"{value:.0f}"
+    return f"{value:.1f}" if abs(value) >= 10 else f"{value:.2f}"
+
+
+def _print_prune_report(report: dict) -> None:
+    columns = [("dense", report["dense"], report["metric_dense"]), ("pruned", report["pruned"], report["metric_pruned"])]
+    if report["finetuned"] is not None:
+        columns.append((f"fine-tuned {report['finetune_steps']:,} steps", report["finetuned"], report["metric_finetuned"]))
+    table = Table(title=f"Pruned: {escape(report['method'])}")
+    table.add_column("", no_wrap=True)
+    for title, _, _ in columns:
+        table.add_column(title, justify="right")
+    rows = [
+        ("sparsity of prunable weights", lambda w: f"{w['sparsity']:.1%}"),
+        ("parameters, non-zero", lambda w: f"{w['nonzero_parameters']:,}"),
+        ("parameters, all", lambda w: f"{w['parameters']:,}"),
+        ("size on disk, dense (bytes)", lambda w: f"{w['size_dense_bytes']:,}"),
+        ("size on disk, sparse (bytes)", lambda w: f"{w['size_sparse_bytes']:,}"),
+    ]
+    for label, cell in rows:
+        table.add_row(label, *(cell(weights) for _, weights, _ in columns))
+    table.add_row(escape(report["metric"]), *(f"{metric:.4g}" for _, _, metric in columns))
+    console.print(table)
+    layers = report["finetuned"] or report["pruned"]
+    console.print("sparsity per layer: " + ", ".join(f"{escape(name)} {info['sparsity']:.1%}"
+                                                    for name, info in layers["layers"].items()), highlight=False)
+
+
 from toolkit.dataset_cli import dataset_app  # noqa: E402  (cheap: no torch at import)
 
 app.add_typer(dataset_app, name="dataset", help="Collect offline datasets and env frames; inspect datasets.")

@@ -158,6 +158,10 @@ class CuriousAgent(Agent):
         self.optimizer = torch.optim.Adam([p for p in self.icm.parameters() if p.requires_grad], lr=config.lr)
         self.checkpointed = {"agent": agent, "icm": self.icm, "icm_optimizer": self.optimizer}
 
+    def prunable_modules(self) -> dict[str, nn.Module]:
+        """The wrapped agent's policy; the curiosity module never acts."""
+        return self.agent.prunable_modules()
+
     def act(self, obs: torch.Tensor, deterministic: bool = False) -> torch.Tensor:
         """The wrapped agent's action."""
         return self.agent.act(obs, deterministic)

@@ -1,4 +1,5 @@
-"""Figures of a trained model: reconstructions, prior samples, latent traversals, latent maps.
+"""Figures of a trained model: reconstructions, prior samples, latent traversals, latent maps,
+and a classifier's confusion matrix.
 
 :func:`write_model_figures` writes every PNG that a model's base class allows; image grids
 for ``(C, H, W)`` data, small line plots for ``(D,)`` vectors. :func:`image_grid` tiles a
@@ -19,8 +20,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from toolkit.model import AutoencoderModel, GenerativeModel, Model
-from toolkit.model_eval import encode_split, eval_mode, seeded
+from toolkit.model import AutoencoderModel, ClassifierModel, GenerativeModel, Model
+from toolkit.model_eval import encode_split, eval_mode, iterate_examples, seeded
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -37,6 +38,9 @@ TRAVERSAL_STEPS = 13  # half-sigma steps
 TRAVERSAL_SIGMAS = 3.0
 #: ``manifold.png`` decodes a MANIFOLD_SIZE x MANIFOLD_SIZE grid of 2-D latents.
 MANIFOLD_SIZE = 15
+#: Up to this many classes ``confusion_matrix.png`` writes each cell's percentage in it; beyond,
+#: the numbers would not fit, and the colours alone show the matrix.
+MAX_ANNOTATED_CLASSES = 30
 
 #: Images per row of inputs (and of reconstructions) in a reconstruction grid.
 RECONSTRUCTION_COLUMNS = 16
@@ -358,6 +362,55 @@ def _manifold_figure(
     return fig
 
 
+def confusion_counts(model: ClassifierModel, data: ImageDataset, device: torch.device | str) -> np.ndarray:
+    """``[C, C]`` int64 counts over the test split: row = true class, column = predicted class."""
+    n = max(int(model.num_classes), int(data.num_classes or 0))
+    counts = np.zeros((n, n), dtype=np.int64)
+    with eval_mode(model):
+        for batch in iterate_examples(data, "test", device):
+            assert batch.y is not None
+            predicted = model.predict(batch.x).detach().cpu().numpy()
+            np.add.at(counts, (batch.y.cpu().numpy(), predicted), 1)
+    return counts
+
+
+def _confusion_figure(counts: np.ndarray) -> Figure:
+    """Row-normalised confusion matrix: each row is how the test examples of one true class
+    were classified, in percent, so rare and common classes read on one scale."""
+    n = len(counts)
+    totals = counts.sum(axis=1, keepdims=True)
+    # A class without test examples gets an empty (all-zero) row rather than a division by zero.
+    rates = np.divide(counts, totals, out=np.zeros(counts.shape, dtype=np.float64), where=totals > 0)
+    accuracy = np.trace(counts) / max(1, counts.sum())
+    side = min(12.0, max(5.0, 0.5 * n + 2.0))
+    fig = _figure(side + 1.2, side)
+    ax = fig.add_subplot()
+    image = ax.imshow(100.0 * rates, cmap="Blues", vmin=0.0, vmax=100.0, interpolation="nearest")
+    fig.colorbar(image, ax=ax, label="% of the true class", shrink=0.8)
+    if n <= MAX_ANNOTATED_CLASSES:
+        size = 9 if n <= 12 else 7 if n <= 20 else 5
+        for i in range(n):
+            for j in range(n):
+                if counts[i, j] == 0:
+                    continue  # blank cells keep the few mistakes easy to find
+                pct = 100.0 * rates[i, j]
+                text = f"{pct:.0f}" if pct >= 1.0 else "<1"
+                # Dark cells get white text, light ones black, so every number stays readable.
+                ax.text(j, i, text, ha="center", va="center", fontsize=size, color="white" if pct > 55 else "black")
+    step = 1 if n <= MAX_ANNOTATED_CLASSES else max(1, n // 20)
+    ticks = list(range(0, n, step))
+    ax.set_xticks(ticks, [str(t) for t in ticks])
+    ax.set_yticks(ticks, [str(t) for t in ticks])
+    ax.tick_params(length=0)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    ax.set_title(
+        f"Confusion matrix, test split ({int(counts.sum())} examples, accuracy {100 * accuracy:.1f}%)\n"
+        "each row: where one true class went, in % of its examples"
+    )
+    return fig
+
+
 def write_model_figures(
     model: Model,
     data: ImageDataset,
@@ -374,14 +427,16 @@ def write_model_figures(
     * ``traversals.png`` (autoencoders): the mean test latent decoded while each of the first
       8 dims sweeps -3σ..+3σ of its spread over the test latents, one row per dim;
     * ``latent_scatter.png`` and ``manifold.png`` (2-D latents only): the test latents
-      coloured by label, and decodings of a 15 x 15 grid over the range they cover.
+      coloured by label, and decodings of a 15 x 15 grid over the range they cover;
+    * ``confusion_matrix.png`` (classifiers on labelled test data): true class by predicted
+      class over the whole test split, each row normalised to percent of its class.
 
     Image data is drawn as images, vector data as line plots. Each figure also goes to
     ``tb_writer`` (a TensorBoard ``SummaryWriter``) as ``figures/<name>`` at ``step``. Runs
     in evaluation mode without gradients and puts the model's mode back; the examples shown
-    and the samples drawn depend only on ``seed``. A model without a latent code gets none.
+    and the samples drawn depend only on ``seed``. Any other model gets none.
     """
-    if not isinstance(model, AutoencoderModel):
+    if not isinstance(model, (AutoencoderModel, ClassifierModel)):
         return []
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -395,6 +450,12 @@ def write_model_figures(
         if tb_writer is not None:
             tb_writer.add_image(f"figures/{name}", image, step, dataformats="HWC")
         written.append(path)
+
+    if isinstance(model, ClassifierModel):
+        if data.y_test is not None and len(data.y_test) > 0:
+            save("confusion_matrix", _confusion_figure(confusion_counts(model, data, device)))
+        return written
+    assert isinstance(model, AutoencoderModel)
 
     # A seeded random handful of test examples: varied classes, the same ones every call.
     n_test = len(data.x_test)

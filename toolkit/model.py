@@ -13,6 +13,8 @@ base class it derives from:
   the latents, latent traversals and (for 2-D latents) the latent scatter.
 * :class:`GenerativeModel`: also ``sample`` from the prior and an importance-sampled
   negative log-likelihood: samples and NLL in the evaluation table.
+* :class:`ClassifierModel`: ``log_probs`` over labelled classes: test accuracy, the
+  confusion matrix and the parameter count in the evaluation.
 
 See ``docs/plugins.md`` ("Writing a model") and ``docs/architecture.md``.
 """
@@ -39,6 +41,9 @@ class DataSpec:
     shape: tuple[int, ...]
     #: Number of classes when the data is labelled, else None.
     num_classes: int | None = None
+    #: Training examples of each class (``len == num_classes``) for labelled data, else None:
+    #: frequency-aware output heads (Huffman trees, adaptive softmax cut-offs) are built from it.
+    class_counts: tuple[int, ...] | None = None
     #: The source the data came from (``digits``, ``mnist-5k``, a file), for messages.
     source: str = ""
 
@@ -116,3 +121,24 @@ class GenerativeModel(AutoencoderModel):
     def importance_nll(self, x: torch.Tensor, k: int) -> torch.Tensor:
         """``-log p(x)`` per example ``[B]`` estimated with ``k`` importance samples from the
         posterior (Burda et al. 2016, IWAE bound), in nats."""
+
+
+class ClassifierModel(Model):
+    """A model that predicts a class for each example (it trains on labelled data only).
+
+    Its :meth:`Model.evaluate` reports, per example, ``accuracy`` (1.0 when the most likely
+    class is right, else 0.0) and ``loss`` (the negative log-likelihood of the true class, in
+    nats), which the evaluation table, sweeps and ``toolkit prune`` read.
+    """
+
+    #: Number of classes the model chooses between.
+    num_classes: int
+
+    @abstractmethod
+    def log_probs(self, x: torch.Tensor) -> torch.Tensor:
+        """Log-probabilities ``[B, num_classes]`` of every class for a batch in ``[0, 1]``;
+        each row's ``exp`` sums to one, whatever the output head."""
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        """The most likely class ``[B]`` (int64) of each example."""
+        return self.log_probs(x).argmax(dim=1)

@@ -8,7 +8,9 @@
 * :class:`~toolkit.model.GenerativeModel`: the importance-sampled negative log-likelihood;
 * :class:`~toolkit.model.AutoencoderModel` on labelled data: the accuracy of a linear probe
   (logistic regression) on the latents, next to the same probe on as many principal
-  components of the raw pixels, the baseline a useful representation has to beat.
+  components of the raw pixels, the baseline a useful representation has to beat;
+* :class:`~toolkit.model.ClassifierModel`: its size, as parameters, non-zero parameters (which
+  pruning lowers) and MiB of float32 weights.
 
 Evaluation never changes a weight, always runs in evaluation mode without gradients, puts
 the model's mode back afterwards, and draws its randomness from a private generator state
@@ -28,7 +30,7 @@ import numpy as np
 import torch
 
 from toolkit.errors import ToolkitError
-from toolkit.model import AutoencoderModel, ExampleBatch, GenerativeModel, Model
+from toolkit.model import AutoencoderModel, ClassifierModel, ExampleBatch, GenerativeModel, Model
 
 if TYPE_CHECKING:  # the data module imports nothing from here; keep importing this one cheap
     from toolkit.data.images import ImageDataset
@@ -241,6 +243,36 @@ def importance_nll(
     return total / count
 
 
+def _effective_parameters(module: torch.nn.Module) -> Iterator[torch.Tensor]:
+    """Every parameter of ``module`` as the forward pass sees it.
+
+    ``torch.nn.utils.prune`` replaces a pruned ``weight`` by a ``weight_orig`` parameter and a
+    ``weight_mask`` buffer, and recomputes ``weight`` (a plain tensor) from them; counting
+    ``weight_orig`` would miss every pruned zero, so where such a pair exists the masked
+    tensor is counted instead.
+    """
+    for sub in module.modules():
+        for name, param in sub.named_parameters(recurse=False):
+            masked = getattr(sub, name[: -len("_orig")], None) if name.endswith("_orig") else None
+            yield masked if isinstance(masked, torch.Tensor) else param
+
+
+def parameter_counts(model: Model) -> dict[str, float]:
+    """``parameters`` (every entry of the checkpointed modules' parameters), ``nonzero_parameters``
+    (those not exactly zero, which pruning lowers) and ``size_mib`` (the parameters stored as
+    dense float32, in MiB)."""
+    total = nonzero = 0
+    seen: set[int] = set()
+    for module in _modules(model):
+        for tensor in _effective_parameters(module):
+            if id(tensor) in seen:  # a tensor shared between modules counts once
+                continue
+            seen.add(id(tensor))
+            total += tensor.numel()
+            nonzero += int(torch.count_nonzero(tensor.detach()))
+    return {"parameters": float(total), "nonzero_parameters": float(nonzero), "size_mib": total * 4 / 2**20}
+
+
 # --------------------------------------------------------------------------- the table
 
 #: Display names (with units) of the metrics models conventionally report and this module adds.
@@ -252,12 +284,23 @@ METRIC_LABELS: dict[str, str] = {
     "nll_is": "NLL, importance sampled (nats)",
     "probe_accuracy": "linear probe accuracy, latents",
     "pca_probe_accuracy": "linear probe accuracy, PCA pixels",
+    "accuracy": "accuracy",
+    "parameters": "parameters",
+    "nonzero_parameters": "non-zero parameters",
+    "size_mib": "size (MiB as float32)",
 }
+
+#: Metrics that count things: shown as whole numbers with thousands separators.
+_COUNTS = ("parameters", "nonzero_parameters")
 
 
 def _format(name: str, value: float) -> str:
     if not np.isfinite(value):
         return str(value)
+    if name in _COUNTS:
+        return f"{int(round(value)):,}"
+    if name == "size_mib":
+        return f"{value:.4g}"
     if "accuracy" in name:
         return f"{value:.3f}"
     if name in ("recon_error",) or "mse" in name or "error" in name:
@@ -324,7 +367,9 @@ def evaluate_model(
       ``is_limit`` test examples, for a :class:`GenerativeModel` (skipped when ``is_samples`` is 0);
     * ``probe_accuracy`` and ``pca_probe_accuracy``: linear probes on the latents and on as
       many principal components of the pixels, for an :class:`AutoencoderModel` on labelled
-      data when ``probe`` is set.
+      data when ``probe`` is set;
+    * ``parameters``, ``nonzero_parameters`` and ``size_mib`` (:func:`parameter_counts`) for a
+      :class:`ClassifierModel`, whose ``accuracy`` and ``loss`` come from its own metrics.
 
     Changes no weight; the result depends only on the model, the data and ``seed``.
     """
@@ -344,4 +389,8 @@ def evaluate_model(
             k = _pca_components(data, model.latent_dim)
             metrics["pca_probe_accuracy"] = pca_probe_accuracy(data, k, seed=seed)
             labels["pca_probe_accuracy"] = f"linear probe accuracy, PCA-{k} pixels (baseline)"
+        if isinstance(model, ClassifierModel):
+            if "loss" in metrics:
+                labels["loss"] = "loss, -log p(true class) (nats)"
+            metrics.update(parameter_counts(model))
     return ModelEvaluation(metrics, labels)

@@ -73,6 +73,9 @@ class RunSettings:
     frame_stack: int = 3
     #: Grey pixel observations (``--grey``).
     grey: bool = False
+    #: How `toolkit prune` made this run (source run and step, method, sparsity per layer);
+    #: empty for runs that were not pruned. A pruned run's learner carries its masks.
+    pruning: dict[str, Any] = field(default_factory=dict)
 
     @property
     def env_options(self) -> Any:

@@ -97,16 +97,26 @@ def build_session(settings: RunSettings, config: Any = None, device_name: str | 
         if data is None:
             data = load_model_data(settings)
         torch.manual_seed(settings.seed)
-        learner = spec.build(config, data.spec, str(device))
+        learner = _with_masks(spec.build(config, data.spec, str(device)), settings)
         return Session(settings, spec, config, learner, device, data)
     spec = registry.agent(settings.agent)
     config = config if config is not None else from_dict(spec.config, settings.agent_config)
     torch.manual_seed(settings.seed)
     env = make_env(settings.env, options=settings.env_options)
     check_agent_fits(spec, settings.env, env)
-    learner = spec.build(config, env.observation_space, env.action_space, str(device))
+    learner = _with_masks(spec.build(config, env.observation_space, env.action_space, str(device)), settings)
     env.close()
     return Session(settings, spec, config, learner, device, data)
+
+
+def _with_masks(learner: Any, settings: RunSettings) -> Any:
+    """A pruned run's learner gets a place for its pruning masks, which its checkpoint fills
+    (see :mod:`toolkit.pruning`), so every command holds its pruned weights at zero."""
+    if settings.pruning:
+        from toolkit.pruning import PruningMasks
+
+        PruningMasks.attach(learner)
+    return learner
 
 
 def load_model_data(settings: RunSettings) -> Any:

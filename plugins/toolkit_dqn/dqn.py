@@ -167,6 +167,10 @@ class DQN(Agent):
             progress = (self.acting_steps.float() / cfg.exploration_steps).clamp(max=1.0)
         return cfg.exploration_initial_eps + (cfg.exploration_final_eps - cfg.exploration_initial_eps) * progress
 
+    def prunable_modules(self) -> dict[str, torch.nn.Module]:
+        """The online Q-network, which acts greedily (the target copy follows it)."""
+        return {"q": self.q}
+
     @torch.no_grad()
     def act(self, obs: torch.Tensor, deterministic: bool = False) -> torch.Tensor:
         """The greedy action ``argmax_a Q(s, a)``; epsilon-greedy unless ``deterministic``."""

@@ -78,6 +78,10 @@ class OfflinePolicyAgent(OfflineAgent):
             "model": self.model, "normalizer": self.normalizer, "optimizer": self.optimizer, "lr_schedule": self.scheduler,
         }
 
+    def prunable_modules(self) -> dict[str, torch.nn.Module]:
+        """The sequence model, which is the whole policy."""
+        return {"model": self.model}
+
     def set_dataset_statistics(self, stats: DatasetStatistics) -> None:
         self.normalizer.set(stats, self.config.return_scale, self.config.target_return)
 

@@ -240,6 +240,12 @@ class PolicyGradientAgent(Agent):
         self._params = params
         self.checkpointed: dict[str, Any] = {"policy": self.policy, "optimizer": self.optimizer, "lr_schedule": self.scheduler}
 
+    def prunable_modules(self) -> dict[str, torch.nn.Module]:
+        """The acting path: encoder, actor torso and policy head (with a shared network the
+        torso also feeds the value head)."""
+        policy = self.policy
+        return {"encoder": policy.encoder, "actor_torso": policy.actor_torso, "policy_head": policy.policy_head}
+
     @torch.no_grad()
     def act(self, obs: torch.Tensor, deterministic: bool = False) -> torch.Tensor:
         """Sample from the policy, or take its most likely action when ``deterministic``."""

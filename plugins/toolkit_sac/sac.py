@@ -148,6 +148,10 @@ class SAC(Agent):
         if self.target_encoder is not self.encoder:
             self.checkpointed["target_encoder"] = self.target_encoder
 
+    def prunable_modules(self) -> dict[str, torch.nn.Module]:
+        """The policy: the actor, and the pixel encoder it acts through (shared with the critics)."""
+        return {"encoder": self.encoder, "actor": self.actor}
+
     @torch.no_grad()
     def act(self, obs: torch.Tensor, deterministic: bool = False) -> torch.Tensor:
         """Sample from the policy, or take its mean action when ``deterministic``."""

@@ -2,7 +2,8 @@
 
 The models themselves are in :mod:`toolkit_vision.ae`, :mod:`~toolkit_vision.dae`,
 :mod:`~toolkit_vision.mae`, :mod:`~toolkit_vision.vae` and
-:mod:`~toolkit_vision.categorical_vae`, imported only when a model is built.
+:mod:`~toolkit_vision.categorical_vae`, and the classifiers (``vgg11``, ``cnn``, ``mlp``) in
+:mod:`~toolkit_vision.classifiers`, imported only when a model is built.
 """
 
 from __future__ import annotations
@@ -203,5 +204,144 @@ CATEGORICAL_VAE = ModelSpec(
     factory="toolkit_vision.categorical_vae:make_categorical_vae",
     kind="generative",
     description="Categorical VAE (Jang et al. 2017): discrete latents through an annealed Gumbel-softmax.",
+    api_version=1,
+)
+
+
+# --------------------------------------------------------------------------- classifiers
+# The networks are in :mod:`toolkit_vision.classifiers`, the output heads in :mod:`toolkit.nn.heads`.
+
+
+@dataclass(frozen=True)
+class ClassifierConfig:
+    """What every classifier shares: the output head, its options, and the optimiser."""
+
+    head: Literal["softmax", "gumbel", "hierarchical", "adaptive"] = option(
+        "softmax",
+        "Output head: 'softmax' (a linear layer and cross-entropy), 'gumbel' (trained through an annealed "
+        "Gumbel-softmax sample, Jang et al. 2017), 'hierarchical' (a binary Huffman tree over the classes, "
+        "Morin & Bengio 2005; Mikolov et al. 2013) or 'adaptive' (frequent classes in a head cluster, rare ones "
+        "in smaller tail clusters, Grave et al. 2017). Evaluation always scores the exact, normalised probabilities.",
+    )
+    tau0: float = option(1.0, "head=gumbel: initial Gumbel-softmax temperature.")
+    tau_min: float = option(0.5, "head=gumbel: floor of the annealed temperature.")
+    anneal_rate: float = option(
+        1e-4, "head=gumbel: temperature schedule tau = max(tau_min, tau0 * exp(-anneal_rate * step))."
+    )
+    straight_through: bool = option(
+        True, "head=gumbel: one-hot samples forward and relaxed gradients backward (false: train on the relaxed sample)."
+    )
+    cutoffs: tuple[int, ...] = option(
+        (), "head=adaptive: increasing class-rank cut-offs between the clusters; empty chooses them from the class counts."
+    )
+    div_value: float = option(4.0, "head=adaptive: each tail cluster's projection is this many times narrower than the last.")
+    lr: float = option(1e-3, "Adam learning rate.")
+    batch_size: int = option(128, "Examples per gradient step.")
+    weight_decay: float = option(0.0, "L2 penalty on every weight, added to the gradient by Adam (0 turns it off).")
+    dropout: float = option(0.0, "Dropout probability after each hidden fully connected layer (0 turns it off).")
+
+    def validate(self) -> None:
+        """Raise ValueError for settings that cannot work."""
+        if self.lr <= 0:
+            raise ValueError(f"lr must be positive, got {self.lr}")
+        if self.batch_size <= 0:
+            raise ValueError(f"batch_size must be positive, got {self.batch_size}")
+        if self.weight_decay < 0:
+            raise ValueError(f"weight_decay must be non-negative, got {self.weight_decay}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must lie in [0, 1), got {self.dropout}")
+        if not self.tau0 > 0 or not self.tau_min > 0:
+            raise ValueError(f"tau0 and tau_min must be positive, got tau0={self.tau0}, tau_min={self.tau_min}")
+        if self.tau_min > self.tau0:
+            raise ValueError(f"tau_min ({self.tau_min}) must not exceed tau0 ({self.tau0})")
+        if self.anneal_rate < 0:
+            raise ValueError(f"anneal_rate must be non-negative, got {self.anneal_rate}")
+        if any(c <= 0 for c in self.cutoffs) or list(self.cutoffs) != sorted(set(self.cutoffs)):
+            raise ValueError(f"cutoffs must be positive and strictly increasing, got {self.cutoffs}")
+        if not self.div_value >= 1.0:
+            raise ValueError(f"div_value must be at least 1, got {self.div_value}")
+
+
+@dataclass(frozen=True)
+class VGG11Config(ClassifierConfig):
+    """VGG11 (Simonyan & Zisserman 2015, configuration A) with batch norm, sized to the input."""
+
+    width: int = option(
+        0, "Channels of the first convolution; the later ones keep VGG's ratios (x1, 2, 4, 4, 8, 8, 8, 8). "
+        "0 chooses from the image size: 64 (VGG's) for 32 px and more, 16 below (CPU-sized for MNIST and digits)."
+    )
+    hidden: int = option(256, "Width of the hidden fully connected layer between the convolutions and the head.")
+    dropout: float = option(0.5, "Dropout probability after the hidden fully connected layer (VGG's 0.5).")
+    batch_size: int = option(64, "Examples per gradient step (at least 2: batch norm needs a batch).")
+
+    def validate(self) -> None:
+        """Raise ValueError for settings that cannot work."""
+        super().validate()
+        if self.width < 0:
+            raise ValueError(f"width must be positive, or 0 to choose it from the image size; got {self.width}")
+        if self.hidden <= 0:
+            raise ValueError(f"hidden must be positive, got {self.hidden}")
+        if self.batch_size < 2:
+            raise ValueError(f"batch_size must be at least 2 for batch norm's batch statistics, got {self.batch_size}")
+
+
+@dataclass(frozen=True)
+class CNNConfig(ClassifierConfig):
+    """A small convolutional classifier: 3x3 convolutions with ReLU and 2x2 max-pooling, then one hidden layer."""
+
+    channels: tuple[int, ...] = option((32, 64), "Output channels of each 3x3 convolution (each followed by ReLU and a 2x2 max-pool).")
+    hidden: int = option(128, "Width of the hidden fully connected layer between the convolutions and the head.")
+
+    def validate(self) -> None:
+        """Raise ValueError for settings that cannot work."""
+        super().validate()
+        if not self.channels or any(c <= 0 for c in self.channels):
+            raise ValueError(f"channels must hold at least one positive width, got {self.channels}")
+        if self.hidden <= 0:
+            raise ValueError(f"hidden must be positive, got {self.hidden}")
+
+
+@dataclass(frozen=True)
+class MLPClassifierConfig(ClassifierConfig):
+    """A multilayer perceptron on the flattened input: images or vectors."""
+
+    hidden_sizes: tuple[int, ...] = option(
+        (256, 128), "Widths of the hidden fully connected layers (ReLU after each); empty is a linear classifier."
+    )
+
+    def validate(self) -> None:
+        """Raise ValueError for settings that cannot work."""
+        super().validate()
+        if any(w <= 0 for w in self.hidden_sizes):
+            raise ValueError(f"hidden_sizes must be positive widths, got {self.hidden_sizes}")
+
+
+VGG11 = ModelSpec(
+    name="vgg11",
+    config=VGG11Config,
+    factory="toolkit_vision.classifiers:make_vgg11",
+    kind="classifier",
+    description="VGG11 classifier (Simonyan & Zisserman 2015) with batch norm, its width and pooling fitted to the image size.",
+    default_steps=2_000,
+    api_version=1,
+)
+
+CNN = ModelSpec(
+    name="cnn",
+    config=CNNConfig,
+    factory="toolkit_vision.classifiers:make_cnn",
+    kind="classifier",
+    description="Small convolutional classifier: 3x3 convolutions, ReLU and max-pooling, one hidden layer.",
+    default_steps=2_000,
+    api_version=1,
+)
+
+MLP = ModelSpec(
+    name="mlp",
+    config=MLPClassifierConfig,
+    factory="toolkit_vision.classifiers:make_mlp",
+    kind="classifier",
+    description="Multilayer perceptron classifier on the flattened input (images or vectors).",
+    default_steps=2_000,
     api_version=1,
 )

@@ -72,7 +72,10 @@ class ImageDataset:
         """What a model factory needs to know about this data."""
         from toolkit.model import DataSpec
 
-        return DataSpec(shape=self.shape, num_classes=self.num_classes, source=self.source)
+        counts = None
+        if self.y_train is not None and self.num_classes:
+            counts = tuple(int(c) for c in np.bincount(self.y_train, minlength=self.num_classes))
+        return DataSpec(shape=self.shape, num_classes=self.num_classes, class_counts=counts, source=self.source)
 
     def to_float(self, x: np.ndarray) -> np.ndarray:
         """``x`` (some rows of this dataset) as float32 in ``[0, 1]``, whatever the storage."""
