@@ -70,29 +70,39 @@ def vgg_study(args: argparse.Namespace, out: Path) -> tuple[list[str], dict[str,
     chosen = prune(run, out / "vgg11-maxdrop", max_drop=args.max_drop, finetune=args.vgg_finetune)
     shutil.copy(out / "vgg11-maxdrop" / "prune" / "scan.png", out / "vgg11-scan.png")
     glob = prune(run, out / "vgg11-global", sparsity=args.global_sparsity, finetune=args.vgg_finetune)
+    # The control: the dense network trained the same extra steps (a pruning of nothing), so
+    # what fine-tuning recovers is told apart from what more training adds.
+    control = prune(run, out / "vgg11-dense-more", sparsity=0.0, finetune=args.vgg_finetune)
     lines = [f"VGG11 on mnist-5k, {args.vgg_steps} steps, fine-tuned {args.vgg_finetune} steps "
              f"(test accuracy on 1,000 examples)", "", HEADER.format(metric="test accuracy"),
              weights_row("dense", chosen["dense"], chosen["metric_dense"], ".3f"),
+             weights_row(f"dense, trained {args.vgg_finetune} more steps", control["finetuned"],
+                         control["metric_finetuned"], ".3f"),
              weights_row(f"scan-chosen (max drop {args.max_drop:g}), pruned", chosen["pruned"], chosen["metric_pruned"], ".3f"),
              weights_row("scan-chosen, fine-tuned", chosen["finetuned"], chosen["metric_finetuned"], ".3f"),
              weights_row(f"global {args.global_sparsity:g}, pruned", glob["pruned"], glob["metric_pruned"], ".3f"),
              weights_row(f"global {args.global_sparsity:g}, fine-tuned", glob["finetuned"], glob["metric_finetuned"], ".3f"),
+             "", f"Scan choice: {chosen['method']}; measured drop before fine-tuning "
+             f"{chosen['metric_dense'] - chosen['metric_pruned']:.3f}.",
              "", "Per-layer sparsity the scan chose: " + ", ".join(
                  f"{name} {info['sparsity']:.0%}" for name, info in chosen["pruned"]["layers"].items())]
-    return lines, {"maxdrop": chosen, "global": glob}
+    return lines, {"maxdrop": chosen, "global": glob, "control": control}
 
 
 def sac_study(args: argparse.Namespace, out: Path) -> tuple[list[str], dict[float, dict[str, Any]]]:
     run = train("sac", out, args.sac_steps, args.device, args.seed, learner="sac", env="Pendulum-v1")
     reports = {s: prune(run, out / f"sac-{int(s * 100)}", sparsity=s, finetune=args.sac_finetune, episodes=args.episodes)
-               for s in (0.5, 0.7, 0.9)}
-    first = next(iter(reports.values()))
+               for s in (0.0, 0.5, 0.7, 0.9)}
+    control = reports.pop(0.0)  # the dense actor trained the same extra steps
     lines = [f"SAC actor on Pendulum-v1, {args.sac_steps} env steps, fine-tuned {args.sac_finetune} env steps "
              f"(mean return over {args.episodes} deterministic episodes)", "",
-             HEADER.format(metric="return"), weights_row("dense", first["dense"], first["metric_dense"], ".1f")]
+             HEADER.format(metric="return"), weights_row("dense", control["dense"], control["metric_dense"], ".1f"),
+             weights_row(f"dense, trained {args.sac_finetune} more steps", control["finetuned"],
+                         control["metric_finetuned"], ".1f")]
     for s, report in reports.items():
         lines.append(weights_row(f"global {s:g}, pruned", report["pruned"], report["metric_pruned"], ".1f"))
         lines.append(weights_row(f"global {s:g}, fine-tuned", report["finetuned"], report["metric_finetuned"], ".1f"))
+    reports[0.0] = control
     return lines, reports
 
 
@@ -115,6 +125,9 @@ def figure(vgg: dict[str, Any] | None, sac: dict[float, dict[str, Any]] | None, 
                     label=f"{label}, pruned")
             ax.plot([r["finetuned"]["sparsity"]], [r["metric_finetuned"]], marker=marker, markersize=9,
                     linestyle="none", label=f"{label}, fine-tuned")
+        control = vgg["control"]
+        ax.axhline(control["metric_finetuned"], color="grey", linestyle="--", linewidth=1,
+                   label="dense, trained as long")
         ax.set_title("VGG11 on mnist-5k")
         ax.set_xlabel("sparsity of prunable weights")
         ax.set_ylabel("test accuracy")
@@ -122,10 +135,9 @@ def figure(vgg: dict[str, Any] | None, sac: dict[float, dict[str, Any]] | None, 
         ax.legend(fontsize=8)
     if sac is not None:
         ax = axes[0][i]
-        xs = [0.0, *sac]
-        dense = next(iter(sac.values()))["metric_dense"]
-        ax.plot(xs, [dense, *(r["metric_pruned"] for r in sac.values())], marker="o", label="pruned")
-        ax.plot(xs, [dense, *(r["metric_finetuned"] for r in sac.values())], marker="s", label="fine-tuned")
+        xs = sorted(sac)
+        ax.plot(xs, [sac[s]["metric_pruned"] for s in xs], marker="o", label="pruned")
+        ax.plot(xs, [sac[s]["metric_finetuned"] for s in xs], marker="s", label="fine-tuned (0: dense trained as long)")
         ax.set_title("SAC actor on Pendulum-v1")
         ax.set_xlabel("sparsity of the actor's weights (global L1)")
         ax.set_ylabel("mean evaluation return")
@@ -143,7 +155,7 @@ def main() -> None:
     parser.add_argument("--vgg-finetune", type=int, default=300)
     parser.add_argument("--max-drop", type=float, default=0.01)
     parser.add_argument("--global-sparsity", type=float, default=0.9)
-    parser.add_argument("--sac-steps", type=int, default=12_000)
+    parser.add_argument("--sac-steps", type=int, default=20_000)
     parser.add_argument("--sac-finetune", type=int, default=2_000)
     parser.add_argument("--episodes", type=int, default=10)
     parser.add_argument("--only", choices=("vgg", "sac"), default=None)

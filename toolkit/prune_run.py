@@ -159,7 +159,8 @@ def prune_run(run_dir: Path, request: PruneRequest, out: Path | None = None, pro
     if request.max_drop is not None:
         assert scan is not None
         per_layer = choose_sparsities(scan.points, scan.dense, request.max_drop, scan.sizes)
-        how = f"per layer, chosen from the scan for a predicted drop of at most {request.max_drop:g}"
+        predicted = sum(max(0.0, scan.dense - scan.points[name][s]) for name, s in per_layer.items())
+        how = f"per layer, chosen from the scan: predicted drop {predicted:.3g} (at most {request.max_drop:g})"
     elif request.per_layer:
         per_layer, how = dict(request.per_layer), "per layer, as asked"
     else:
