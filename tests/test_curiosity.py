@@ -105,7 +105,8 @@ class _Recorder(Agent):
 
 def test_wrapper_relabels_rewards_and_reports_both_rewards() -> None:
     inner = _Recorder()
-    config = CuriosityConfig(intrinsic_weight=0.5, frame_stack=2)
+    # The raw bonus, unscaled, to check the relabelling itself (normalisation: tests below).
+    config = CuriosityConfig(intrinsic_weight=0.5, frame_stack=2, normalize_intrinsic=False, normalize_obs=False)
     agent = CuriousAgent(inner, OBS, BOX, config)
     assert agent.history_length == 2
     batch = make_batch(history=2)
@@ -116,7 +117,7 @@ def test_wrapper_relabels_rewards_and_reports_both_rewards() -> None:
     assert torch.allclose(metrics["extrinsic_reward"], batch.rewards.mean())
     assert torch.allclose(metrics["intrinsic_reward"], expected_bonus.mean())
     assert "inner_loss" in metrics and "icm_forward_loss" in metrics
-    assert set(agent.state_dict()) == {"agent", "icm", "icm_optimizer"}
+    assert set(agent.state_dict()) == {"agent", "icm", "icm_optimizer", "intrinsic_scale", "coverage"}
 
 
 def test_rollouts_get_the_bonus_in_their_own_layout() -> None:
@@ -143,7 +144,152 @@ def test_rollouts_get_the_bonus_in_their_own_layout() -> None:
 
     inner = _Recorder()
     agent = CuriousAgent(inner, OBS, BOX, CuriosityConfig(intrinsic_weight=1.0, frame_stack=3))
-    agent.update(rollout)
+    metrics = agent.update(rollout)
+    assert torch.isfinite(metrics["intrinsic_ratio"]) and float(metrics["intrinsic_bonus"]) > 0
     bonus = inner.seen.rewards - rollout.rewards
     assert inner.seen.rewards.shape == (t, n)
     assert bonus[5, 1] == 0 and (bonus.reshape(-1)[valid] > 0).all()
+
+
+# --------------------------------------------------------------------------- normalisation
+
+
+def test_running_statistics_match_a_batch_computation() -> None:
+    from toolkit.nn.normalization import RunningNormalizer
+
+    torch.manual_seed(0)
+    chunks = [torch.randn(n, 3) * torch.tensor([1.0, 5.0, 0.1]) + 2.0 for n in (7, 50, 1, 300)]
+    norm = RunningNormalizer((3,))
+    for chunk in chunks:
+        norm.update(chunk, torch.ones(len(chunk)))
+    everything = torch.cat(chunks)
+    assert torch.allclose(norm.mean, everything.mean(0), atol=1e-5)
+    assert torch.allclose(norm.var, everything.var(0, unbiased=False), rtol=1e-4)
+
+
+@pytest.mark.parametrize("episodic", [True, False])
+def test_intrinsic_return_filter_matches_a_loop_over_time(episodic: bool) -> None:
+    from toolkit.curiosity import IntrinsicRewardScale
+
+    torch.manual_seed(0)
+    gamma, steps, envs = 0.9, 12, 3
+    rewards = [torch.rand(steps, envs), torch.rand(steps, envs)]
+    ends = [torch.zeros(steps, envs), torch.zeros(steps, envs)]
+    ends[0][4, 1] = ends[1][7, 2] = 1.0
+    mask = torch.ones(steps, envs)
+    scale = IntrinsicRewardScale(gamma, episodic)
+    for r, e in zip(rewards, ends):
+        scale.update_rollout(r, e, mask)
+    returns, running = [], np.zeros(envs)
+    for r, e in zip(rewards, ends):  # the filter continues across rollouts, per env
+        for t in range(steps):
+            running = gamma * running + r[t].numpy()
+            returns.append(running.copy())
+            if episodic:
+                running = running * (1.0 - e[t].numpy())
+    returns = np.concatenate(returns)
+    assert float(scale.std()) == pytest.approx(float(np.sqrt(returns.var())), rel=1e-4)
+
+
+def test_replay_batches_use_the_spread_of_a_discounted_sum_of_rewards() -> None:
+    from toolkit.curiosity import IntrinsicRewardScale
+
+    torch.manual_seed(0)
+    scale = IntrinsicRewardScale(0.99, True)
+    rewards = torch.rand(200, 1) * 3
+    for chunk in rewards.split(50):
+        scale.update_batch(chunk)
+    expected = float(np.sqrt(rewards.numpy().var() / (1 - 0.99**2)))
+    assert float(scale.std()) == pytest.approx(expected, rel=1e-4)
+
+
+def test_normalised_bonus_has_a_scale_the_agent_can_use_whatever_the_raw_error() -> None:
+    """The issue's failure: a raw bonus of ~1e-3 is nothing next to the env's reward. Divided by
+    the spread of the intrinsic return it is the same whatever the raw scale."""
+    paid = []
+    for eta in (1e-4, 1.0):
+        torch.manual_seed(0)
+        inner = _Recorder()
+        agent = CuriousAgent(inner, OBS, BOX, CuriosityConfig(eta=eta, intrinsic_weight=1.0, normalize_obs=False))
+        batch = make_batch(64)
+        agent.update(batch)
+        paid.append(inner.seen.rewards - batch.rewards)
+        raw, _ = agent.icm(batch)
+        assert float(raw.mean()) < 10 * eta
+    assert torch.allclose(paid[0], paid[1], rtol=1e-3)
+    assert 0.05 < float(paid[1].mean()) < 1.0  # about sqrt(1 - gamma^2) = 0.14 of a standard deviation
+
+
+def test_pure_curiosity_and_non_episodic_returns() -> None:
+    inner = _Recorder()
+    config = CuriosityConfig(extrinsic_weight=0.0, episodic=False)
+    agent = CuriousAgent(inner, OBS, BOX, config)
+    batch = make_batch()._replace(dones=torch.ones(16, 1))
+    agent.update(batch)
+    assert (inner.seen.dones == 0).all()  # episode ends are not terminal for pure curiosity
+    assert (inner.seen.rewards > 0).all()  # the env's reward is gone, the bonus is positive
+    with pytest.raises(ValueError, match="extrinsic_weight=0"):
+        CuriosityConfig(episodic=False).validate()
+
+
+def test_observations_are_standardised_before_the_module_sees_them() -> None:
+    inner = _Recorder()
+    agent = CuriousAgent(inner, OBS, BOX, CuriosityConfig())
+    batch = make_batch(256)
+    shifted = batch._replace(obs=batch.obs * 100 + 50, next_obs=batch.next_obs * 100 + 50)
+    agent.update(shifted)
+    norm = agent.obs_normalizer
+    assert norm is not None
+    assert torch.allclose(norm.mean, shifted.next_obs.mean(0), rtol=1e-3)
+    seen = norm(shifted.next_obs)
+    assert float(seen.abs().max()) <= 5.0 and float(seen.std()) == pytest.approx(1.0, abs=0.05)
+
+
+# --------------------------------------------------------------------------- RND and coverage
+
+
+def test_rnd_bonus_falls_on_states_seen_repeatedly_and_stays_high_on_new_ones() -> None:
+    from toolkit.curiosity import RND
+
+    torch.manual_seed(0)
+    rnd = RND(OBS, CuriosityConfig(kind="rnd"))
+    optimizer = torch.optim.Adam([p for p in rnd.parameters() if p.requires_grad], lr=1e-3)
+    seen = make_batch(32)
+    first, _ = rnd(seen)
+    for _ in range(300):
+        _, losses = rnd(seen)
+        optimizer.zero_grad()
+        losses["loss"].backward()
+        optimizer.step()
+    after, _ = rnd(seen)
+    new, _ = rnd(seen._replace(next_obs=torch.randn(32, 5) * 2 + 3))
+    assert float(after.mean()) < 0.1 * float(first.mean())
+    assert float(new.mean()) > 10 * float(after.mean())
+    assert all(not p.requires_grad for p in rnd.target.parameters())  # the target never learns
+
+
+def test_rnd_replaces_the_icm_behind_the_same_wrapper() -> None:
+    inner = _Recorder()
+    agent = CuriousAgent(inner, OBS, DISCRETE, CuriosityConfig(kind="rnd"))
+    metrics = agent.update(make_batch(16, DISCRETE))
+    assert "rnd_loss" in metrics and torch.isfinite(metrics["intrinsic_reward"])
+    assert {"rnd", "rnd_optimizer", "intrinsic_scale"} <= set(agent.state_dict())
+    with pytest.raises(ValueError, match="RND predicts from one observation"):
+        CuriosityConfig(kind="rnd", frame_stack=4).validate()
+
+
+def test_state_coverage_counts_visited_cells() -> None:
+    from toolkit.curiosity import StateCoverage
+
+    box = gym.spaces.Box(-1.0, 1.0, (3,), np.float32)
+    coverage = StateCoverage(box, (0, 1), bins=4)
+    one_corner = coverage.update(torch.full((10, 3), -0.9))
+    assert float(one_corner["coverage_entropy"]) == pytest.approx(0.0, abs=1e-6)
+    assert float(one_corner["coverage_fraction"]) == pytest.approx(1 / 16)
+    grid = torch.tensor([[x, y, 0.0] for x in (-0.9, -0.4, 0.1, 0.6) for y in (-0.9, -0.4, 0.1, 0.6)])
+    for _ in range(99):
+        out = coverage.update(grid)
+    assert float(out["coverage_fraction"]) == 1.0
+    assert float(out["coverage_entropy"]) == pytest.approx(np.log(16), abs=0.01)
+    unbounded = gym.spaces.Box(-np.inf, np.inf, (3,), np.float32)
+    assert not StateCoverage(unbounded, (0, 1), 4).enabled

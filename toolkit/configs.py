@@ -86,17 +86,37 @@ class OnPolicyConfig:
 
 @dataclass(frozen=True)
 class CuriosityConfig:
-    """Settings of the Intrinsic Curiosity Module."""
+    """Settings of the curiosity module (ICM or RND) and of how its bonus is paid."""
 
-    feature_dim: int = option(64, "Width of the learned feature space phi(s).")
-    hidden_size: int = option(256, "Hidden width of the encoder, forward and inverse models.")
-    beta: float = option(0.2, "Weight of the forward loss against the inverse loss (paper: 0.2).")
-    eta: float = option(1.0, "Scale of the intrinsic reward eta/2 * ||phi_hat(s') - phi(s')||^2.")
-    intrinsic_weight: float = option(0.1, "Weight of the intrinsic reward added to the extrinsic one.")
+    kind: Literal["icm", "rnd"] = option(
+        "icm", "Curiosity module: icm (Pathak et al. 2017: forward-model error in a learned feature space) or rnd "
+        "(Burda et al. 2019: error of predicting a fixed random network's output)."
+    )
+    feature_dim: int = option(64, "Width of the feature space (ICM's phi(s); RND's target output).")
+    hidden_size: int = option(256, "Hidden width of the encoder, forward and inverse models (RND: of both networks).")
+    beta: float = option(0.2, "ICM: weight of the forward loss against the inverse loss (paper: 0.2).")
+    eta: float = option(1.0, "ICM: scale of the raw intrinsic reward eta/2 * ||phi_hat(s') - phi(s')||^2.")
+    intrinsic_weight: float = option(
+        1.0, "Weight of the (normalised) intrinsic reward in the reward the agent learns from."
+    )
+    extrinsic_weight: float = option(1.0, "Weight of the env's own reward; 0 is pure curiosity (Burda et al. 2018).")
+    normalize_intrinsic: bool = option(
+        True, "Divide the intrinsic reward by a running standard deviation of the discounted intrinsic return "
+        "(Burda et al. 2018), so its scale no longer depends on the module, the env or training time."
+    )
+    normalize_obs: bool = option(
+        True, "Standardise vector observations with their running mean and std (clipped to +-5) before the "
+        "curiosity module sees them, as RND does; image observations are left to the encoder."
+    )
+    return_gamma: float = option(0.99, "Discount of the intrinsic return whose spread normalises the bonus.")
+    episodic: bool = option(
+        True, "Intrinsic returns end with the episode. false (non-episodic, Burda et al. 2018) only with "
+        "extrinsic_weight=0: episode ends are then not terminal for the agent."
+    )
     lr: float = option(1e-3, "Adam learning rate of the curiosity module.")
-    frame_stack: int = option(1, "Observations the forward model sees (k > 1: multi-frame ICM).")
+    frame_stack: int = option(1, "ICM: observations the forward model sees (k > 1: multi-frame ICM).")
     inverse_loss: Literal["mse", "gaussian"] = option(
-        "mse", "Continuous actions: inverse model trained by MSE or by a Gaussian log-likelihood."
+        "mse", "ICM, continuous actions: inverse model trained by MSE or by a Gaussian log-likelihood."
     )
     encoder: str = option(
         "auto",
@@ -106,16 +126,35 @@ class CuriosityConfig:
     encoder_trainable: bool = option(
         True, "Train the curiosity encoder (an explicit choice); false freezes it, as random or pretrained features."
     )
+    coverage_dims: tuple[int, ...] = option(
+        (0, 1), "Observation dimensions of the state-coverage histogram (vector observations with finite bounds)."
+    )
+    coverage_bins: int = option(20, "Bins per dimension of the state-coverage histogram.")
 
     def validate(self) -> None:
         """Raise ValueError for settings that cannot work."""
         check_encoder(self.encoder, "curiosity.encoder")
+        if self.kind not in ("icm", "rnd"):
+            raise ValueError(f"curiosity.kind must be icm or rnd, got {self.kind!r}")
         if not 0.0 <= self.beta <= 1.0:
             raise ValueError(f"curiosity.beta must lie in [0, 1], got {self.beta}")
         if self.frame_stack < 1:
             raise ValueError(f"curiosity.frame_stack must be >= 1, got {self.frame_stack}")
+        if self.kind == "rnd" and self.frame_stack > 1:
+            raise ValueError("curiosity.frame_stack feeds the ICM's forward model; RND predicts from one observation")
         if self.feature_dim <= 0 or self.hidden_size <= 0:
             raise ValueError("curiosity.feature_dim and curiosity.hidden_size must be positive")
+        if not self.intrinsic_weight >= 0 or not self.extrinsic_weight >= 0:
+            raise ValueError("curiosity.intrinsic_weight and curiosity.extrinsic_weight must be non-negative")
+        if not 0.0 <= self.return_gamma < 1.0:
+            raise ValueError(f"curiosity.return_gamma must lie in [0, 1), got {self.return_gamma}")
+        if not self.episodic and self.extrinsic_weight > 0:
+            raise ValueError(
+                "curiosity.episodic=false makes episode ends non-terminal, which is wrong for the env's own reward; "
+                "use it with curiosity.extrinsic_weight=0 (pure curiosity)"
+            )
+        if self.coverage_bins < 2 or any(d < 0 for d in self.coverage_dims):
+            raise ValueError("curiosity.coverage_bins must be >= 2 and curiosity.coverage_dims non-negative")
 
 
 @dataclass(frozen=True)

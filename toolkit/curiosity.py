@@ -1,7 +1,14 @@
-"""Intrinsic Curiosity Module (Pathak et al. 2017, "Curiosity-driven Exploration by
-Self-supervised Prediction"), as a wrapper that gives any agent a curiosity bonus.
+"""Curiosity for any agent: an intrinsic reward for what the agent cannot predict yet.
 
-The module learns three things from the agent's own transitions ``(s, a, s')``:
+Two modules pay the bonus, chosen with ``curiosity.kind``:
+
+* ``icm``, the Intrinsic Curiosity Module (Pathak et al. 2017, "Curiosity-driven Exploration
+  by Self-supervised Prediction"): :class:`ICM` below;
+* ``rnd``, Random Network Distillation (Burda et al. 2019, "Exploration by Random Network
+  Distillation"): :class:`RND`: a predictor learns to match a fixed, randomly initialised
+  network on the observations seen; its error is high on states unlike those seen before.
+
+The ICM learns three things from the agent's own transitions ``(s, a, s')``:
 
 * a feature encoder ``phi``;
 * an inverse model ``g`` predicting ``a`` from ``phi(s)`` and ``phi(s')``; its loss ``L_I``
@@ -26,11 +33,20 @@ observation does not pin down.
 
 :class:`CuriousAgent` wraps any :class:`~toolkit.agent.Agent`: acting is unchanged, and each
 update first relabels the batch's rewards with the bonus, then lets the wrapped agent learn.
+
+What makes the bonus work across envs (Burda et al. 2018, "Large-Scale Study of
+Curiosity-Driven Learning", sec. 2.2; the RND paper does the same): vector observations are
+standardised by their running mean and std before the module sees them, and the raw bonus
+is divided by a running standard deviation of the *discounted intrinsic return*
+(:class:`IntrinsicRewardScale`), so it keeps a scale the agent can act on even when the
+module's prediction error is tiny in absolute terms (an ICM on low-dimensional states
+reaches errors of ~1e-3 within a few thousand steps). See ``docs/curiosity.md``.
 """
 
 from __future__ import annotations
 
 import gymnasium as gym
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -39,6 +55,10 @@ from toolkit.agent import Agent, Batch, Rollout
 from toolkit.configs import CuriosityConfig
 from toolkit.nn import ICMConvEncoder, mlp
 from toolkit.nn.encoders import make_encoder
+from toolkit.nn.normalization import RunningNormalizer
+
+#: RND clips standardised observations to this range (Burda et al. 2019, sec. 2.4).
+OBS_CLIP = 5.0
 
 
 def _encoder(observation_space: gym.spaces.Box, config: CuriosityConfig, device: torch.device | str) -> nn.Module:
@@ -130,12 +150,142 @@ class ICM(nn.Module):
         return intrinsic, {"loss": loss, "forward_loss": forward_loss.detach(), "inverse_loss": inverse_loss.detach()}
 
 
-class CuriousAgent(Agent):
-    """Any agent, paid a curiosity bonus: ``r = r_ext + intrinsic_weight * r_int``.
+class RND(nn.Module):
+    """Random Network Distillation: the error of a trained predictor against a fixed random
+    network, on the next observation (Burda et al. 2019).
 
-    Acting is the wrapped agent's; each update trains the ICM on the batch and hands the wrapped
-    agent the same batch with relabelled rewards. Extrinsic and intrinsic rewards are reported
-    separately (``extrinsic_reward``, ``intrinsic_reward``) so their scales can be compared.
+    The target is never trained, so on states like those seen often the predictor matches it
+    and the bonus falls; on new states it does not. The predictor has one more layer than the
+    target, as in the paper, so it can fit the target where it has data.
+    """
+
+    def __init__(self, observation_space: gym.Space, config: CuriosityConfig, device: torch.device | str = "cpu") -> None:
+        super().__init__()
+        if not isinstance(observation_space, gym.spaces.Box):
+            raise ValueError(f"curiosity needs Box observations, not {observation_space}")
+        d, h = config.feature_dim, config.hidden_size
+        self.target = _encoder(observation_space, config, device)
+        for param in self.target.parameters():
+            param.requires_grad_(False)
+        self.predictor = nn.Sequential(_encoder(observation_space, config, device), mlp(d, [h], d, nn.ELU))
+
+    def forward(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The per-transition intrinsic reward ``[B, 1]`` (no gradient) and the predictor's loss."""
+        with torch.no_grad():
+            target = self.target(batch.next_obs)
+        error = (self.predictor(batch.next_obs) - target).pow(2).mean(-1, keepdim=True)
+        loss = error.mean()
+        return error.detach(), {"loss": loss}
+
+
+class IntrinsicRewardScale(nn.Module):
+    """The running standard deviation of the discounted intrinsic return, which the bonus is
+    divided by (Burda et al. 2018, sec. 2.2).
+
+    On-policy rollouts come in time order, so the return is filtered exactly as the paper
+    does, ``R_t = gamma * R_{t-1} + r_t`` per environment (reset at episode ends when
+    ``episodic``), and its running variance is kept. Replay batches are samples without time
+    order; there the running variance ``s^2`` of the rewards themselves gives the spread of a
+    discounted sum of independent rewards, ``s^2 / (1 - gamma^2)``, an approximation that
+    ignores how rewards of neighbouring steps correlate. All statistics are buffers: they are
+    part of the checkpoint, so a resumed run pays the same bonus.
+    """
+
+    def __init__(self, gamma: float, episodic: bool) -> None:
+        super().__init__()
+        self.gamma, self.episodic = gamma, episodic
+        self.rewards = RunningNormalizer(())
+        self.returns = RunningNormalizer(())
+        for stats in (self.rewards, self.returns):
+            # No prior spread: a raw bonus of 1e-4 must not be measured against a variance of 1.
+            stats.var.zero_()
+        self.register_buffer("running_return", torch.zeros(0))
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: object) -> None:
+        # The filter holds one return per environment: take the saved shape before loading.
+        key = prefix + "running_return"
+        if key in state_dict:
+            self.running_return = torch.zeros_like(state_dict[key], device=self.running_return.device)
+        super()._load_from_state_dict(state_dict, prefix, *args)  # type: ignore[arg-type]
+
+    @torch.no_grad()
+    def update_batch(self, rewards: torch.Tensor) -> None:
+        """Merge the intrinsic rewards of a replay batch ``[B, 1]``."""
+        self.rewards.update(rewards.reshape(-1), torch.ones(rewards.numel(), device=rewards.device))
+
+    @torch.no_grad()
+    def update_rollout(self, rewards: torch.Tensor, ends: torch.Tensor, mask: torch.Tensor) -> None:
+        """Filter a rollout's intrinsic rewards ``[T, N]`` into discounted returns and merge
+        them (``ends``: the step ended its episode; ``mask``: 0 for padding steps)."""
+        steps, envs = rewards.shape
+        if self.running_return.shape != (envs,):
+            self.running_return = torch.zeros(envs, device=rewards.device)
+        returns = torch.empty_like(rewards)
+        running = self.running_return
+        for t in range(steps):
+            running = torch.where(mask[t] > 0, self.gamma * running + rewards[t], running)
+            returns[t] = running
+            if self.episodic:
+                running = running * (1.0 - ends[t])
+        self.running_return = running
+        self.returns.update(returns, mask)
+        self.rewards.update(rewards, mask)
+
+    def std(self) -> torch.Tensor:
+        """The spread to divide by (a 0-dim tensor on the device; never read back)."""
+        # Chosen on the device (no host read): the filtered returns once rollouts have been seen.
+        from_returns = torch.sqrt(self.returns.var)
+        from_rewards = torch.sqrt(self.rewards.var / (1.0 - self.gamma**2))
+        # A floor only against dividing by zero: the raw bonus may be tiny, and that is the point.
+        return torch.where(self.returns.count >= 1.0, from_returns, from_rewards).clamp(min=1e-8)
+
+
+class StateCoverage(nn.Module):
+    """A visitation histogram over a few bounded observation dimensions, and its entropy:
+    how much of the state space the agent's experience covers (low-dimensional envs only)."""
+
+    def __init__(self, observation_space: gym.Space, dims: tuple[int, ...], bins: int) -> None:
+        super().__init__()
+        shape = getattr(observation_space, "shape", ())
+        dims = tuple(d for d in dims if len(shape) == 1 and d < shape[0])
+        low = np.asarray(getattr(observation_space, "low", np.zeros(0)), dtype=np.float64).reshape(-1)
+        high = np.asarray(getattr(observation_space, "high", np.zeros(0)), dtype=np.float64).reshape(-1)
+        finite = [d for d in dims if np.isfinite(low[d]) and np.isfinite(high[d])]
+        #: The histogram's dimensions; empty when the observations have none that qualify.
+        self.dims = tuple(finite)
+        self.bins = bins
+        self.register_buffer("low", torch.as_tensor(low[list(self.dims)], dtype=torch.float32))
+        self.register_buffer("high", torch.as_tensor(high[list(self.dims)], dtype=torch.float32))
+        self.register_buffer("counts", torch.zeros(bins ** len(self.dims) if self.dims else 0))
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.dims)
+
+    @torch.no_grad()
+    def update(self, obs: torch.Tensor, weight: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Count ``obs [B, D]`` and return ``coverage_entropy`` (nats) and
+        ``coverage_fraction`` (share of cells visited)."""
+        x = obs.float()[:, list(self.dims)]
+        cell = ((x - self.low) / (self.high - self.low) * self.bins).long().clamp(0, self.bins - 1)
+        index = torch.zeros(len(x), dtype=torch.long, device=x.device)
+        for i in range(len(self.dims)):
+            index = index * self.bins + cell[:, i]
+        w = torch.ones(len(x), device=x.device) if weight is None else weight.float()
+        self.counts.index_add_(0, index, w)
+        p = self.counts / self.counts.sum().clamp(min=1.0)
+        entropy = -(p * torch.log(p.clamp(min=1e-12))).sum()
+        return {"coverage_entropy": entropy, "coverage_fraction": (self.counts > 0).float().mean()}
+
+
+class CuriousAgent(Agent):
+    """Any agent, paid a curiosity bonus:
+    ``r = extrinsic_weight * r_ext + intrinsic_weight * r_int / std(R_int)``.
+
+    Acting is the wrapped agent's; each update trains the curiosity module (ICM or RND) on the
+    batch and hands the wrapped agent the same batch with relabelled rewards. It reports the
+    raw extrinsic and intrinsic rewards, the bonus actually paid and its ratio to the
+    extrinsic reward, and, for low-dimensional observations, the state coverage.
     """
 
     def __init__(
@@ -149,14 +299,31 @@ class CuriousAgent(Agent):
         super().__init__()
         self.agent = agent
         self.config = config
-        self.icm = ICM(observation_space, action_space, config, device).to(device)
+        if config.kind == "rnd":
+            self.module: nn.Module = RND(observation_space, config, device).to(device)
+        else:
+            self.module = ICM(observation_space, action_space, config, device).to(device)
         self.history_length = max(agent.history_length, config.frame_stack)
         # The bonus is paid on each batch's first transition (``rewards``); later rewards of an
         # n-step window stay extrinsic, a bias that shrinks with gamma^i.
         self.n_step = agent.n_step
-        # A frozen encoder's parameters stay out of the optimiser (and out of its state).
-        self.optimizer = torch.optim.Adam([p for p in self.icm.parameters() if p.requires_grad], lr=config.lr)
-        self.checkpointed = {"agent": agent, "icm": self.icm, "icm_optimizer": self.optimizer}
+        # A frozen encoder's (and RND's target's) parameters stay out of the optimiser.
+        self.optimizer = torch.optim.Adam([p for p in self.module.parameters() if p.requires_grad], lr=config.lr)
+        shape = tuple(getattr(observation_space, "shape", ()))
+        vector = len(shape) == 1 and getattr(observation_space, "dtype", None) != np.uint8
+        self.obs_normalizer = RunningNormalizer(shape, clip=OBS_CLIP).to(device) if config.normalize_obs and vector else None
+        self.scale = IntrinsicRewardScale(config.return_gamma, config.episodic).to(device)
+        self.coverage = StateCoverage(observation_space, tuple(config.coverage_dims), config.coverage_bins).to(device)
+        # The ICM keeps its checkpoint keys of earlier versions; RND has its own.
+        self.checkpointed = {"agent": agent, config.kind: self.module, f"{config.kind}_optimizer": self.optimizer,
+                             "intrinsic_scale": self.scale, "coverage": self.coverage}
+        if self.obs_normalizer is not None:
+            self.checkpointed["obs_normalizer"] = self.obs_normalizer
+
+    @property
+    def icm(self) -> nn.Module:
+        """The curiosity module (named for the ICM, the first and default kind)."""
+        return self.module
 
     def prunable_modules(self) -> dict[str, nn.Module]:
         """The wrapped agent's policy; the curiosity module never acts."""
@@ -166,33 +333,71 @@ class CuriousAgent(Agent):
         """The wrapped agent's action."""
         return self.agent.act(obs, deterministic)
 
+    def _normalized(self, batch: Batch, weight: torch.Tensor | None) -> Batch:
+        """The batch's observations standardised by running statistics (updated first)."""
+        norm = self.obs_normalizer
+        if norm is None:
+            return batch
+        w = torch.ones(len(batch.next_obs), device=batch.next_obs.device) if weight is None else weight
+        norm.update(batch.next_obs, w)
+        history = None if batch.obs_history is None else norm(batch.obs_history)
+        return batch._replace(obs=norm(batch.obs), next_obs=norm(batch.next_obs), obs_history=history)
+
     def update(self, batch: Batch | Rollout) -> dict[str, torch.Tensor]:
-        """Train the ICM, then the wrapped agent on curiosity-relabelled rewards."""
+        """Train the curiosity module, then the wrapped agent on relabelled rewards."""
+        cfg = self.config
         if isinstance(batch, Rollout):
-            transitions, valid = rollout_transitions(batch, self.config.frame_stack)
+            transitions, valid = rollout_transitions(batch, cfg.frame_stack)
         else:
             transitions, valid = batch, None
-        intrinsic, losses = self.icm(transitions)
+        intrinsic, losses = self.module(self._normalized(transitions, None))
         self.optimizer.zero_grad(set_to_none=True)
         losses["loss"].backward()
         self.optimizer.step()
 
         if valid is None:
-            relabelled = batch._replace(rewards=batch.rewards + self.config.intrinsic_weight * intrinsic)
-        else:  # scatter the bonus back into the rollout's [T, N] layout; padding earns nothing
-            bonus = torch.zeros_like(batch.rewards).reshape(-1)
-            bonus[valid] = intrinsic.reshape(-1)
-            relabelled = batch._replace(rewards=batch.rewards + self.config.intrinsic_weight * bonus.reshape(batch.rewards.shape))
+            raw = intrinsic
+            if cfg.normalize_intrinsic:
+                self.scale.update_batch(intrinsic)
+            bonus = intrinsic / self.scale.std() if cfg.normalize_intrinsic else intrinsic
+            relabelled = batch._replace(rewards=cfg.extrinsic_weight * batch.rewards + cfg.intrinsic_weight * bonus)
+            if not cfg.episodic:  # pure curiosity without episodes (validated): ends are not terminal
+                relabelled = relabelled._replace(dones=torch.zeros_like(batch.dones))
+            coverage = self.coverage.update(transitions.next_obs) if self.coverage.enabled else {}
+        else:  # a rollout: the bonus in its [T, N] layout; padding earns nothing
+            flat = torch.zeros_like(batch.rewards).reshape(-1)
+            flat[valid] = intrinsic.reshape(-1)
+            raw = flat.reshape(batch.rewards.shape)
+            if cfg.normalize_intrinsic:
+                ends = ((batch.terminated + batch.truncated) > 0).float()
+                self.scale.update_rollout(raw, ends, batch.mask)
+            bonus = raw / self.scale.std() if cfg.normalize_intrinsic else raw
+            relabelled = batch._replace(rewards=cfg.extrinsic_weight * batch.rewards + cfg.intrinsic_weight * bonus)
+            if not cfg.episodic:
+                relabelled = relabelled._replace(terminated=torch.zeros_like(batch.terminated))
+            coverage = self.coverage.update(transitions.next_obs) if self.coverage.enabled else {}
+            bonus = bonus.reshape(-1)[valid]
         metrics = self.agent.update(relabelled)
+        paid = cfg.intrinsic_weight * bonus
+        extrinsic = transitions.rewards
+        prefix = cfg.kind
+        metrics.update({f"{prefix}_{name}": value.detach() for name, value in losses.items()})
         metrics.update(
-            icm_loss=losses["loss"].detach(),
-            icm_forward_loss=losses["forward_loss"],
-            icm_inverse_loss=losses["inverse_loss"],
-            extrinsic_reward=transitions.rewards.mean(),
+            extrinsic_reward=extrinsic.mean(),
             intrinsic_reward=intrinsic.mean(),
+            intrinsic_bonus=paid.mean(),
+            # How loud the bonus is next to the env's own reward, per step and in absolute terms.
+            intrinsic_ratio=paid.abs().mean() / (cfg.extrinsic_weight * extrinsic).abs().mean().clamp(min=1e-8),
+            **coverage,
         )
         return metrics
 
+    def load_state_dict(self, state: dict) -> None:
+        """Restore; a checkpoint of an earlier version without the normalisers keeps fresh ones."""
+        for key in ("intrinsic_scale", "coverage", "obs_normalizer"):
+            if key in self.checkpointed and key not in state:
+                state = {**state, key: self.checkpointed[key].state_dict()}
+        super().load_state_dict(state)
 
 
 def rollout_transitions(rollout: Rollout, history: int = 1) -> tuple[Batch, torch.Tensor]:
