@@ -329,3 +329,33 @@ def test_curious_dqn_finds_the_sparse_goal_that_plain_dqn_never_reaches(tmp_path
     assert _successes(runs["dqn"]) == []
     found = _successes(runs["dqn-icm"])
     assert len(found) >= 5 and found[0] < 6_000, found[:5]
+
+
+def _curve(run) -> list[dict]:
+    import json
+
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    for record in records:
+        record.pop("steps_per_second", None)
+    return records
+
+
+@pytest.mark.parametrize("agent, env, settings", [
+    ("sac-icm", "toolkit/SparsePointMass-v0", ["curiosity.kind=rnd", "learning_starts=100", "batch_size=32",
+                                               "hidden_sizes=32,32"]),
+    ("dqn-icm", "toolkit/SparsePointMassDiscrete-v0", ["learning_starts=100", "batch_size=32", "hidden_sizes=32"]),
+    ("ppo-icm", "toolkit/SparsePointMassDiscrete-v0", ["curiosity.kind=rnd", "num_envs=2", "rollout_steps=64",
+                                                       "minibatch_size=32", "epochs=2", "hidden_sizes=16"]),
+], ids=["sac-rnd", "dqn-icm", "ppo-rnd"])
+def test_a_resumed_curious_run_pays_exactly_the_bonus_of_an_unbroken_one(cli, tmp_path, one_thread, agent, env,
+                                                                          settings) -> None:
+    """Observation statistics, the intrinsic-return filter (per env, across rollouts) and the
+    coverage histogram all come back from the checkpoint."""
+    common = [a for s in settings for a in ("--set", s)] + ["--no-progress", "--log-every", "64", "--seed", "3"]
+    whole, parts = tmp_path / "whole", tmp_path / "parts"
+    assert cli("train", agent, "--env", env, "--steps", "640", "--run-dir", whole, *common).exit_code == 0
+    assert cli("train", agent, "--env", env, "--steps", "320", "--run-dir", parts, *common).exit_code == 0
+    assert cli("resume", parts, "--steps", "640", "--no-progress").exit_code == 0
+    a, b = _curve(whole), _curve(parts)
+    assert any(r["kind"] == "train" and "intrinsic_bonus" in r and "coverage_fraction" in r for r in a)
+    assert a == b
