@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -31,13 +30,8 @@ VECTORS = DataSpec(shape=(40,), num_classes=10, class_counts=(10,) * 10, source=
 CNN_DIGITS_MIN_ACCURACY = 0.95
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    """Small networks: one intra-op thread is fastest, and the machine is shared."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+#: Small networks: one intra-op thread (see conftest.one_thread).
+pytestmark = pytest.mark.usefixtures("one_thread_module")
 
 
 def build(name: str, data: DataSpec, seed: int = 0, **settings) -> ClassifierModel:

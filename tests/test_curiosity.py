@@ -298,15 +298,6 @@ def test_state_coverage_counts_visited_cells() -> None:
 # --------------------------------------------------------------------------- learning
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny networks: one intra-op thread is fastest, and two oversubscribe a busy 2-core box."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _successes(run) -> list[int]:
     """Steps at which training episodes reached the goal (return above half the goal reward)."""
     from toolkit.runs import read_metrics

@@ -11,6 +11,8 @@ import torch
 from torch import nn
 
 import toolkit.nn.heads as heads_module
+from conftest import torch_threads
+
 from toolkit.errors import ToolkitError
 from toolkit.nn.heads import (
     HEADS,
@@ -320,12 +322,8 @@ def test_trained_heads_agree_with_softmax() -> None:
     data = _blobs(0)
     y_test = data[3]
     # One thread: these matrices are tiny, and splitting them over busy cores costs 10x time.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with torch_threads(1):
         results = {kind: _train(kind, data) for kind in HEADS}
-    finally:
-        torch.set_num_threads(threads)
     softmax_pred, softmax_nll = results["softmax"]
     softmax_acc = float((softmax_pred == y_test).float().mean())
     assert softmax_acc >= 0.9

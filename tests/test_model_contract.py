@@ -13,7 +13,6 @@ import dataclasses
 import io
 import subprocess
 import sys
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -28,13 +27,8 @@ VECTORS = DataSpec(shape=(40,), num_classes=10, source="mnist1d")
 BATCH = 16
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    """Tiny models: one intra-op thread is fastest, and the machine is shared."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+#: Small networks: one intra-op thread (see conftest.one_thread).
+pytestmark = pytest.mark.usefixtures("one_thread_module")
 
 
 def _cases() -> list[Any]:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import assert_clean_error
+from conftest import assert_clean_error, torch_threads
 
 
 def _digest(run_dir: Path) -> dict[str, str]:
@@ -29,12 +29,8 @@ def _train(run_dir: Path, *args: str) -> Path:
 
     # One thread: these runs are tiny, and on a busy two-core machine two threads mostly wait
     # for each other (measured: 100 steps of the cnn in 8 s on one thread, 40 s on two).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with torch_threads(1):
         result = CliRunner().invoke(app, ["train", *args, "--run-dir", str(run_dir), "--no-progress"])
-    finally:
-        torch.set_num_threads(threads)
     assert result.exit_code == 0, result.output
     return run_dir
 

@@ -11,7 +11,6 @@ where Pendulum's renderer needs about 20 ms a frame.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -59,13 +58,8 @@ class BlobEnv(gym.Env):
         return np.repeat((255 * blob).astype(np.uint8)[..., None], 3, axis=2)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    """Small models on a shared machine: one intra-op thread is fastest."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+#: Small networks: one intra-op thread (see conftest.one_thread).
+pytestmark = pytest.mark.usefixtures("one_thread_module")
 
 
 @pytest.fixture(scope="module")

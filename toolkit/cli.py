@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 from rich.markup import escape
@@ -17,6 +17,9 @@ from rich.table import Table
 from toolkit.console import console, err_console
 from toolkit.console import fail as _fail
 from toolkit.errors import ToolkitError
+
+if TYPE_CHECKING:  # the command imports it when it runs; `toolkit --help` stays light
+    from toolkit.prune_run import ScanResult
 
 app = typer.Typer(
     name="toolkit",
@@ -297,12 +300,12 @@ def _prune_structured(run_dir: Path, ratio: float, out: Optional[Path], others: 
     console.print(f"written: {path} (the pruned network is measured, not saved as a run)")
 
 
-def _print_scan(scan: object) -> None:
+def _print_scan(scan: ScanResult) -> None:
     """The scan as aligned plain text: a table of ten columns would be cut in 80 columns."""
-    points, sizes = scan.points, scan.sizes  # type: ignore[attr-defined]
+    points, sizes = scan.points, scan.sizes
     sparsities = list(next(iter(points.values())))
     width = max(len("layer"), *(len(name) for name in points))
-    console.print(f"Sensitivity scan: {escape(scan.metric)}, dense {_short(scan.dense)}; "  # type: ignore[attr-defined]
+    console.print(f"Sensitivity scan: {escape(scan.metric)}, dense {_short(scan.dense)}; "
                   "each layer alone pruned to:", highlight=False)
     header = f"{'layer':<{width}} {'weights':>9}" + "".join(f"{s:>6.0%}" for s in sparsities)
     console.print(header, highlight=False)

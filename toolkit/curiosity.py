@@ -358,12 +358,7 @@ class CuriousAgent(Agent):
         if valid is None:
             raw = intrinsic
             if cfg.normalize_intrinsic:
-                self.scale.update_batch(intrinsic)
-            bonus = intrinsic / self.scale.std() if cfg.normalize_intrinsic else intrinsic
-            relabelled = batch._replace(rewards=cfg.extrinsic_weight * batch.rewards + cfg.intrinsic_weight * bonus)
-            if not cfg.episodic:  # pure curiosity without episodes (validated): ends are not terminal
-                relabelled = relabelled._replace(dones=torch.zeros_like(batch.dones))
-            coverage = self.coverage.update(transitions.next_obs) if self.coverage.enabled else {}
+                self.scale.update_batch(raw)
         else:  # a rollout: the bonus in its [T, N] layout; padding earns nothing
             flat = torch.zeros_like(batch.rewards).reshape(-1)
             flat[valid] = intrinsic.reshape(-1)
@@ -371,12 +366,14 @@ class CuriousAgent(Agent):
             if cfg.normalize_intrinsic:
                 ends = ((batch.terminated + batch.truncated) > 0).float()
                 self.scale.update_rollout(raw, ends, batch.mask)
-            bonus = raw / self.scale.std() if cfg.normalize_intrinsic else raw
-            relabelled = batch._replace(rewards=cfg.extrinsic_weight * batch.rewards + cfg.intrinsic_weight * bonus)
-            if not cfg.episodic:
-                relabelled = relabelled._replace(terminated=torch.zeros_like(batch.terminated))
-            coverage = self.coverage.update(transitions.next_obs) if self.coverage.enabled else {}
+        bonus = raw / self.scale.std() if cfg.normalize_intrinsic else raw
+        relabelled = batch._replace(rewards=cfg.extrinsic_weight * batch.rewards + cfg.intrinsic_weight * bonus)
+        if not cfg.episodic:  # pure curiosity without episodes (validated): ends are not terminal
+            ends_field = "dones" if valid is None else "terminated"
+            relabelled = relabelled._replace(**{ends_field: torch.zeros_like(getattr(batch, ends_field))})
+        if valid is not None:
             bonus = bonus.reshape(-1)[valid]
+        coverage = self.coverage.update(transitions.next_obs) if self.coverage.enabled else {}
         metrics = self.agent.update(relabelled)
         paid = cfg.intrinsic_weight * bonus
         extrinsic = transitions.rewards

@@ -137,6 +137,8 @@ class PruningMasks:
     def __init__(self, learner: Checkpointed) -> None:
         self.learner = learner
         self.masks: dict[str, torch.Tensor] = {}
+        #: The masked layers, found once: :meth:`apply` runs after every optimiser step.
+        self._layers: dict[str, nn.Module] = {}
         self._hooked: set[int] = set()
 
     @classmethod
@@ -149,21 +151,28 @@ class PruningMasks:
         learner.checkpointed[MASKS_KEY] = masks
         return masks
 
-    def set(self, name: str, mask: torch.Tensor) -> None:
-        """Hold layer ``name``'s weights at zero wherever ``mask`` is false, from now on."""
-        layer = prunable_layers(self.learner)[name]
-        self.masks[name] = mask.to(device=layer.weight.device, dtype=torch.bool)
-        self.apply()
-        self._hook_optimizers()
+    def add(self, masks: Mapping[str, torch.Tensor]) -> None:
+        """Hold each named layer's weights at zero wherever its mask is false, from now on; a
+        layer masked before keeps its old zeros too."""
+        combined = dict(self.masks)
+        for name, mask in masks.items():
+            old = combined.get(name)
+            combined[name] = mask.bool() if old is None else mask.bool() & old.to(mask.device)
+        self._hold(combined)
 
     @torch.no_grad()
     def apply(self) -> None:
         """Zero every masked weight."""
-        layers = prunable_layers(self.learner)
         for name, mask in self.masks.items():
-            layers[name].weight.mul_(mask)
+            self._layers[name].weight.mul_(mask)
 
-    def _hook_optimizers(self) -> None:
+    def _hold(self, masks: Mapping[str, torch.Tensor]) -> None:
+        layers = prunable_layers(self.learner)
+        check_layer_names(list(masks), layers, "This learner")
+        self._layers = {name: layers[name] for name in masks}
+        self.masks = {name: mask.to(device=layers[name].weight.device, dtype=torch.bool)
+                      for name, mask in masks.items()}
+        self.apply()
         for optimizer in _optimizers(self.learner):
             if id(optimizer) not in self._hooked:
                 optimizer.register_step_post_hook(lambda *_: self.apply())
@@ -175,13 +184,7 @@ class PruningMasks:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore the masks and hold them from now on."""
-        layers = prunable_layers(self.learner)
-        check_layer_names(list(state["masks"]), layers, "This learner")
-        self.masks = {}
-        for name, mask in state["masks"].items():
-            self.masks[name] = mask.to(device=layers[name].weight.device, dtype=torch.bool)
-        self.apply()
-        self._hook_optimizers()
+        self._hold(state["masks"])
 
 
 def _optimizers(learner: Checkpointed) -> Iterator[torch.optim.Optimizer]:
@@ -207,12 +210,16 @@ def prune_per_layer(learner: Checkpointed, sparsities: Mapping[str, float]) -> P
     """Prune each named layer to its own sparsity (L1 magnitude, within the layer)."""
     layers = prunable_layers(learner)
     check_layer_names(list(sparsities), layers, "The run's learner")
+    for name, sparsity in sparsities.items():  # all checked before any layer changes
+        check_sparsity(sparsity, f"The sparsity of {name}")
     masks = PruningMasks.attach(learner)
+    new: dict[str, torch.Tensor] = {}
     for name, sparsity in sparsities.items():
         layer = layers[name]
         order = list(layer._parameters)
-        prune.l1_unstructured(layer, "weight", amount=float(check_sparsity(sparsity, f"The sparsity of {name}")))
-        masks.set(name, _combined(masks, name, _made_permanent(layer, order)))
+        prune.l1_unstructured(layer, "weight", amount=float(sparsity))
+        new[name] = _made_permanent(layer, order)
+    masks.add(new)
     return masks
 
 
@@ -227,8 +234,7 @@ def prune_global(learner: Checkpointed, sparsity: float) -> PruningMasks:
     prune.global_unstructured([(layer, "weight") for layer in layers.values()],
                               pruning_method=prune.L1Unstructured, amount=float(sparsity))
     masks = PruningMasks.attach(learner)
-    for name, layer in layers.items():
-        masks.set(name, _combined(masks, name, _made_permanent(layer, orders[name])))
+    masks.add({name: _made_permanent(layer, orders[name]) for name, layer in layers.items()})
     return masks
 
 
@@ -243,12 +249,6 @@ def _made_permanent(layer: nn.Module, order: list[str]) -> torch.Tensor:
     layer._parameters.clear()
     layer._parameters.update((key, params[key]) for key in order)
     return mask
-
-
-def _combined(masks: PruningMasks, name: str, mask: torch.Tensor) -> torch.Tensor:
-    """A layer pruned again keeps its old zeros (they rank lowest anyway; this makes it certain)."""
-    old = masks.masks.get(name)
-    return mask.bool() if old is None else mask.bool() & old.to(mask.device)
 
 
 def choose_sparsities(scan: Mapping[str, Mapping[float, float]], dense_metric: float, max_drop: float,
