@@ -78,6 +78,10 @@ class Agent(Checkpointed, ABC):
     history_length: int = 1
     #: Length of the reward window each replay batch carries (1 = plain one-step transitions).
     n_step: int = 1
+    #: The keys of :attr:`checkpointed` that acting needs: the policy. What only acts (Ray env
+    #: runners) is sent these alone; critics, targets and optimisers stay with the learner.
+    #: ``None`` (the default, for agents that do not say) means everything.
+    policy_keys: tuple[str, ...] | None = None
 
     @abstractmethod
     def act(self, obs: torch.Tensor, deterministic: bool = False) -> torch.Tensor:
@@ -88,6 +92,40 @@ class Agent(Checkpointed, ABC):
         """Learn from a replay :class:`Batch` (off-policy) or a :class:`Rollout` (on-policy).
         Returns scalar metrics as tensors: the framework decides when to read them, so the
         update never waits on the device."""
+
+    def policy_state_dict(self) -> dict[str, Any]:
+        """The state of :attr:`policy_keys` (all of :meth:`state_dict` when it is ``None``): what
+        a copy of the agent that only acts must load to act as this one does."""
+        if self.policy_keys is None:
+            return self.state_dict()
+        out: dict[str, Any] = {}
+        for name in self.policy_keys:
+            obj = self.checkpointed[name]
+            if isinstance(obj, Agent):  # a wrapped agent (curiosity) ships its own policy
+                out[name] = obj.policy_state_dict()
+            else:
+                out[name] = obj.state_dict() if hasattr(obj, "state_dict") else obj.detach().clone()
+        return out
+
+    def load_policy_state_dict(self, state: dict[str, Any]) -> None:
+        """Load what :meth:`policy_state_dict` returned (the rest of the agent is left as it is)."""
+        if self.policy_keys is None:
+            self.load_state_dict(state)
+            return
+        for name in self.policy_keys:
+            obj = self.checkpointed[name]
+            if isinstance(obj, Agent):
+                obj.load_policy_state_dict(state[name])
+            elif hasattr(obj, "load_state_dict"):
+                obj.load_state_dict(state[name])
+            else:
+                with torch.no_grad():
+                    obj.copy_(state[name])
+
+    def record_acting(self, steps: int) -> None:
+        """Count ``steps`` actions that another copy of this agent took (a Ray env runner's).
+        Agents whose schedules run on their own acting (DQN's epsilon) advance them here, so
+        the learner needs no :meth:`act` on observations it would throw away. Default: nothing."""
 
     def start_episode(self) -> None:
         """Called before the first :meth:`act` of every evaluation episode. Memoryless agents

@@ -319,6 +319,7 @@ class CuriousAgent(Agent):
                              "intrinsic_scale": self.scale, "coverage": self.coverage}
         if self.obs_normalizer is not None:
             self.checkpointed["obs_normalizer"] = self.obs_normalizer
+        self.policy_keys = ("agent",)  # acting is the wrapped agent's; the curiosity module never acts
 
     @property
     def icm(self) -> nn.Module:
@@ -332,6 +333,10 @@ class CuriousAgent(Agent):
     def act(self, obs: torch.Tensor, deterministic: bool = False) -> torch.Tensor:
         """The wrapped agent's action."""
         return self.agent.act(obs, deterministic)
+
+    def record_acting(self, steps: int) -> None:
+        """The wrapped agent's acting counters advance."""
+        self.agent.record_acting(steps)
 
     def _normalized(self, batch: Batch, weight: torch.Tensor | None) -> Batch:
         """The batch's observations standardised by running statistics (updated first)."""

@@ -155,6 +155,8 @@ class DQN(Agent):
             "acting_steps": self.acting_steps,
             "updates": self.updates,
         }
+        # Acting needs the online network and the epsilon schedule's counter.
+        self.policy_keys = ("q", "acting_steps")
 
     # --- acting -------------------------------------------------------------------------------
 
@@ -184,6 +186,10 @@ class DQN(Agent):
             greedy = torch.where(explore, random_action, greedy)
             self.acting_steps += b
         return greedy + self.action_start
+
+    def record_acting(self, steps: int) -> None:
+        """Advance the epsilon schedule by ``steps`` actions a Ray env runner's copy took."""
+        self.acting_steps += steps
 
     # --- learning -----------------------------------------------------------------------------
 

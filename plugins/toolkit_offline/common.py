@@ -77,6 +77,7 @@ class OfflinePolicyAgent(OfflineAgent):
         self.checkpointed: dict[str, Any] = {
             "model": self.model, "normalizer": self.normalizer, "optimizer": self.optimizer, "lr_schedule": self.scheduler,
         }
+        self.policy_keys = ("model", "normalizer")  # the sequence model conditions on normalised returns
 
     def prunable_modules(self) -> dict[str, torch.nn.Module]:
         """The sequence model, which is the whole policy."""

@@ -207,6 +207,8 @@ class PolicyGradientAgent(Agent):
         )
         self._params = params
         self.checkpointed: dict[str, Any] = {"policy": self.policy, "optimizer": self.optimizer, "lr_schedule": self.scheduler}
+        # The actor-critic acts (its value head, small and often sharing the torso, comes along).
+        self.policy_keys = ("policy",)
 
     def prunable_modules(self) -> dict[str, torch.nn.Module]:
         """The acting path: encoder, actor torso and policy head (with a shared network the

@@ -147,6 +147,8 @@ class SAC(Agent):
             self.checkpointed["encoder"] = self.encoder
         if self.target_encoder is not self.encoder:
             self.checkpointed["target_encoder"] = self.target_encoder
+        # What acts: the actor, and the encoder it reads observations through when that has state.
+        self.policy_keys = ("actor", "encoder") if "encoder" in self.checkpointed else ("actor",)
 
     def prunable_modules(self) -> dict[str, torch.nn.Module]:
         """The policy: the actor, and the pixel encoder it acts through (shared with the critics)."""
