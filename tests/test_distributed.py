@@ -34,6 +34,18 @@ def _on_policy_loop(cls: type, env_id: str, tmp_path: Path, workers: int = 0) ->
     return loop
 
 
+def _assert_same_state(got: Any, expected: Any) -> None:
+    """Two (nested) state dicts hold the same keys and equal tensors."""
+    if isinstance(expected, dict):
+        assert set(got) == set(expected)
+        for key in expected:
+            _assert_same_state(got[key], expected[key])
+    elif isinstance(expected, torch.Tensor):
+        torch.testing.assert_close(got, expected.cpu(), rtol=0, atol=0)
+    else:
+        assert got == expected
+
+
 @pytest.mark.parametrize("env_id", ["CartPole-v1", "Pendulum-v1"])
 def test_two_workers_give_the_rollout_of_local_collection(env_id: str, tmp_path: Path, ray_session: Any) -> None:
     from toolkit.distributed.rollouts import DistributedOnPolicyLoop
@@ -42,6 +54,11 @@ def test_two_workers_give_the_rollout_of_local_collection(env_id: str, tmp_path:
     remote = _on_policy_loop(DistributedOnPolicyLoop, env_id, tmp_path / "remote", workers=2)
     try:
         expected, got = local.collect(), remote.collect()
+        # The runners were sent the actor-critic alone (no optimiser) and act with the learner's.
+        sent = ray_session.get(remote.pool._weights)
+        assert set(sent) == {"policy"}
+        for runner in remote.runners:
+            _assert_same_state(ray_session.get(runner.policy_state.remote()), remote.agent.policy_state_dict())
     finally:
         remote.pool.close()
         local.logger.close()
@@ -93,6 +110,89 @@ def test_off_policy_transitions_match_the_local_buffer(tmp_path: Path, ray_sessi
     assert remote.updates == local.updates > 0  # updates_per_step per train_every steps, as locally
 
 
+def _wait_for_replacement(ray: Any, runner: Any, pid: int) -> None:
+    """Wait until Ray has replaced the killed runner (process ``pid``) with a new one."""
+    for _ in range(600):
+        try:
+            if ray.get(runner.where.remote(), timeout=30)["pid"] != pid:
+                return
+        except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+            pass
+        time.sleep(0.1)
+
+
+def _off_policy_loop(agent_name: str, env_id: str, run_dir: Path, set_items: list[str], workers: int) -> Any:
+    from toolkit.distributed.rollouts import DistributedOffPolicyLoop
+
+    spec = registry.agent(agent_name)
+    config = build_config(spec, set_items=set_items)
+    env = make_env(env_id)
+    agent = spec.build(config, env.observation_space, env.action_space, "cpu")
+    env.close()
+    settings = RunSettings(agent=agent_name, env=env_id, seed=5, workers=workers, envs_per_worker=2,
+                           log_every=0, checkpoint_every=0)
+    run_dir.mkdir()
+    return DistributedOffPolicyLoop(agent, config, settings, lambda: make_env(env_id), run_dir, torch.device("cpu"),
+                                    progress=False)
+
+
+def test_runners_are_sent_the_policy_alone_also_after_a_restart(tmp_path: Path, ray_session: Any) -> None:
+    """SAC's runners get its actor, not its critics, target critics or optimiser: a smaller
+    publish, logged once; a runner Ray restarted gets the policy again before its sample counts."""
+    from toolkit.distributed.rollouts import cpu_state, serialized_bytes
+
+    ray = ray_session
+    loop = _off_policy_loop("sac", "Pendulum-v1", tmp_path / "run", ["hidden_sizes=16"], 1)
+    loop.logger = MetricsLogger(loop.run_dir, tensorboard=False)
+    agent, pool = loop.agent, loop.pool
+    with torch.no_grad():  # the learner's actor moves away from any freshly built copy's
+        for p in agent.actor.parameters():
+            p.add_(0.25)
+    try:
+        pool.publish(agent)
+        pool.publish(agent)  # logged once
+        sent = ray.get(pool._weights)
+        assert set(sent) == {"actor"} == set(agent.policy_keys)
+        full = serialized_bytes(cpu_state(agent.state_dict()))
+        assert {"critic", "target_critic", "optimizer", "log_alpha"} <= set(agent.state_dict())
+        [record] = read_metrics(loop.run_dir, "distributed")
+        assert record["publish_bytes"] == serialized_bytes(sent) < full / 2, (record, full)
+        assert record["policy_keys"] == ["actor"] and record["workers"] == 1
+
+        def sample_and_compare() -> None:
+            ref = pool.request(0, "sample_steps", 4, False)
+            assert pool.get(0, ref, "sample_steps", 4, False)[2]["version"] == pool._version
+            _assert_same_state(ray.get(pool.runners[0].policy_state.remote()), agent.policy_state_dict())
+
+        sample_and_compare()
+        before = ray.get(pool.runners[0].where.remote())["pid"]
+        ray.kill(pool.runners[0], no_restart=False)
+        _wait_for_replacement(ray, pool.runners[0], before)  # a fresh copy with its own random actor
+        sample_and_compare()  # asked without weights, it acted with none: dropped, asked again with them
+        assert pool.restarts == 1
+    finally:
+        pool.close()
+        loop.logger.close()
+
+
+def test_dqn_counts_the_runners_actions_without_acting_on_the_learner(tmp_path: Path, ray_session: Any) -> None:
+    """The learner's epsilon counter advances by the policy-chosen steps it stored, and its
+    agent never acts. One runner, so requests come one after another: each asks for random
+    actions while the learner is below learning_starts, for the policy's from then on."""
+    from toolkit.distributed.rollouts import OFF_POLICY_REQUEST_STEPS
+
+    loop = _off_policy_loop("dqn", "CartPole-v1", tmp_path / "run",
+                            ["buffer_size=1000", "learning_starts=100", "batch_size=16", "hidden_sizes=16"], 1)
+    calls: list[Any] = []
+    loop.agent.act = lambda *args, **kwargs: calls.append(args)  # type: ignore[method-assign]
+    loop.run(300)
+    per_request = OFF_POLICY_REQUEST_STEPS * 2  # 2 envs
+    random_steps = -(-100 // per_request) * per_request  # whole random requests until step >= 100
+    assert loop.step == 300 and loop.updates > 0 and random_steps < 300
+    assert int(loop.agent.acting_steps) == 300 - random_steps  # 172 with requests of 32 steps
+    assert calls == []
+
+
 def _kill_runner_after(monkeypatch: pytest.MonkeyPatch, publishes: int, ray: Any) -> list[int]:
     """Kill runner 0 (Ray may restart it) when the learner publishes weights the n-th time."""
     from toolkit.distributed.rollouts import RunnerPool
@@ -107,13 +207,7 @@ def _kill_runner_after(monkeypatch: pytest.MonkeyPatch, publishes: int, ray: Any
             before = ray.get(self.runners[0].where.remote())["pid"]
             ray.kill(self.runners[0], no_restart=False)
             # Wait for Ray's replacement, so a short run cannot finish before the loop meets it.
-            for _ in range(600):
-                try:
-                    if ray.get(self.runners[0].where.remote(), timeout=30)["pid"] != before:
-                        break
-                except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
-                    pass
-                time.sleep(0.1)
+            _wait_for_replacement(ray, self.runners[0], before)
 
     monkeypatch.setattr(RunnerPool, "publish", publish)
     return count

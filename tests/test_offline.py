@@ -15,13 +15,13 @@ import torch
 from conftest import assert_clean_error
 from toolkit.data import OfflineDataset, save_dataset
 from toolkit.envs import make_env
-from toolkit.evaluation import evaluate
+from toolkit.evaluation import EvalResult, evaluate
 from toolkit.offline import DatasetStatistics, SequenceSampler
-from toolkit.registry import registry
-from toolkit.training import evaluate_run, resume_training, start_training
+from toolkit.training import evaluate_run, start_training
 from toolkit_offline.decision_lstm import DecisionLSTM
+from toolkit_offline.bc import BehaviourCloning
 from toolkit_offline.decision_transformer import DecisionTransformer
-from toolkit_offline.spec import DecisionLSTMConfig, DecisionTransformerConfig
+from toolkit_offline.spec import BCConfig, DecisionLSTMConfig, DecisionTransformerConfig
 
 torch.set_num_threads(1)
 
@@ -155,6 +155,107 @@ def test_acting_step_by_step_matches_reading_the_whole_episode(kind: str) -> Non
         else:
             whole = agent.model(returns, states, unit, timesteps)
     torch.testing.assert_close(agent.env_actions(whole[0]), acted, atol=1e-5, rtol=1e-5)
+
+
+def _whole_transformer_pass(model, r, s, a, t):
+    """The decision transformer as first written: every block over every token, then the
+    outputs at the s_t tokens (the network now skips the rest in its top block)."""
+    b, k = t.shape
+    er, es, ea = model.embed(r, s, a, t)
+    tokens = torch.stack([er, es, ea], dim=2).reshape(b, 3 * k, -1)
+    causal = torch.nn.Transformer.generate_square_subsequent_mask(3 * k)
+    h = model.transformer(model.dropout(model.norm(tokens)), mask=causal, is_causal=True)
+    return torch.tanh(model.head(model.final_norm(h.reshape(b, k, 3, -1)[:, :, 1])))
+
+
+def test_decision_transformer_top_block_at_state_tokens_equals_the_whole_pass() -> None:
+    torch.manual_seed(2)
+    model = _tiny("dt").model
+    model.train()  # dropout is 0 in _tiny: train mode takes the same path as training
+    r, s, a = torch.randn(3, 4, 1), torch.randn(3, 4, 2), torch.randn(3, 4, 2)
+    t = torch.randint(0, 50, (3, 4))
+    fast = model(r, s, a, t)
+    fast_grads = torch.autograd.grad(fast.pow(2).sum(), list(model.parameters()), allow_unused=True)
+    whole = _whole_transformer_pass(model, r, s, a, t)
+    whole_grads = torch.autograd.grad(whole.pow(2).sum(), list(model.parameters()), allow_unused=True)
+    torch.testing.assert_close(fast, whole)
+    for g_fast, g_whole in zip(fast_grads, whole_grads):
+        if g_whole is not None:
+            torch.testing.assert_close(g_fast, g_whole, atol=1e-5, rtol=1e-4)
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model(r, s, a, t, last_only=True), model(r, s, a, t)[:, -1:])
+
+
+# --- evaluation -------------------------------------------------------------------------------
+
+
+class UnevenEpisodesEnv(gym.Env):
+    """A point pushed by its actions whose episodes last 6 to 18 steps, by reset seed, so that
+    episodes evaluated side by side end at different steps."""
+
+    observation_space = gym.spaces.Box(-np.inf, np.inf, (2,), np.float32)
+    action_space = gym.spaces.Box(-1.0, 1.0, (2,), np.float32)
+
+    def __init__(self, render_mode: str | None = None) -> None:
+        self.render_mode = render_mode
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        self.position = self.np_random.uniform(-1, 1, 2).astype(np.float32)
+        self.steps, self.horizon = 0, 6 + 3 * (int(seed or 0) % 5)
+        return self.position.copy(), {}
+
+    def step(self, action):
+        self.position = (self.position + 0.1 * np.asarray(action, np.float32)).astype(np.float32)
+        self.steps += 1
+        reward = -float(np.linalg.norm(self.position))
+        return self.position.copy(), reward, self.steps >= self.horizon, False, {}
+
+
+UNEVEN = "toolkit-test/UnevenEpisodes-v0"
+if UNEVEN not in gym.registry:
+    gym.register(UNEVEN, entry_point=UnevenEpisodesEnv)
+
+
+def _untrained(kind: str):
+    if kind == "bc":
+        env = make_env(ENV)
+        agent = BehaviourCloning(BCConfig(hidden_sizes=(16,)), env.observation_space, env.action_space)
+        agent.set_dataset_statistics(DatasetStatistics.of(scripted_dataset(3, 0.1)))
+        return agent
+    return _tiny(kind)
+
+
+def _one_at_a_time(agent, episodes: int, seed: int) -> EvalResult:
+    agent.evaluates_episodes_together = False  # the instance's flag: the original loop, episode by episode
+    try:
+        return evaluate(agent, UNEVEN, episodes, seed=seed)
+    finally:
+        del agent.evaluates_episodes_together
+
+
+@pytest.mark.parametrize("kind", ["bc", "lstm", "dt"])
+def test_episodes_evaluated_together_match_episodes_evaluated_one_at_a_time(kind: str) -> None:
+    """Side by side, each episode keeps its own return-to-go and context; episodes that end
+    early drop out; the returns and lengths are those of the one-at-a-time loop."""
+    torch.manual_seed(3)
+    agent = _untrained(kind)
+    together = evaluate(agent, UNEVEN, 5, seed=10)
+    alone = _one_at_a_time(agent, 5, seed=10)
+    assert together.lengths == alone.lengths and len(set(alone.lengths)) > 1
+    np.testing.assert_allclose(together.returns, alone.returns, rtol=1e-5)
+    again = evaluate(agent, UNEVEN, 5, seed=10)
+    assert again.returns == together.returns  # deterministic with the seed
+
+
+def test_return_countdown_is_kept_per_episode() -> None:
+    agent = _tiny("dt")
+    agent.start_episode(3)
+    agent.record_reward(np.array([1.0, 2.0, 0.0]))
+    agent.record_reward(0.5)  # one number counts for every episode
+    target = float(agent.normalizer.target_return)
+    np.testing.assert_allclose(agent.countdown.remaining, [target - 1.5, target - 2.5, target - 0.5])
 
 
 # --- the command line -------------------------------------------------------------------------

@@ -24,11 +24,14 @@ from toolkit_pg.policies import (
     ActorCritic,
     categorical_entropy,
     categorical_log_prob,
+    categorical_log_prob_and_entropy,
+    clip_to_norm,
     gaussian_entropy,
     gaussian_log_prob,
+    global_norm,
 )
-from toolkit_pg.ppo import clipped_surrogate
-from toolkit_pg.returns import discounted_returns, gae, standardize
+from toolkit_pg.ppo import Samples, clipped_surrogate, shuffled_minibatches
+from toolkit_pg.returns import discounted_returns, gae, masked_mean, real_count, standardize
 from toolkit_pg.spec import PPOConfig
 
 torch.set_num_threads(1)
@@ -109,6 +112,16 @@ def test_standardize_ignores_padding() -> None:
     torch.testing.assert_close(standardize(x, mask), torch.tensor([[-1.0, 0.0], [1.0, 0.0]]), atol=1e-6, rtol=0)
 
 
+def test_a_shared_count_changes_no_mean() -> None:
+    """PPO sums a minibatch's mask once and hands the count to every mean: bitwise the same."""
+    x = torch.randn(6, 5, generator=torch.Generator().manual_seed(0))
+    mask = (torch.rand(6, 5, generator=torch.Generator().manual_seed(1)) > 0.3).float()
+    count = real_count(mask)
+    assert torch.equal(masked_mean(x, mask, count), masked_mean(x, mask))
+    assert torch.equal(standardize(x, mask, count=count), standardize(x, mask))
+    assert torch.equal(masked_mean(x, torch.zeros_like(mask)), torch.tensor(0.0)), "padding alone averages to 0"
+
+
 # --- PPO's clipped surrogate ----------------------------------------------------------------
 
 def test_clipped_surrogate() -> None:
@@ -133,6 +146,15 @@ def test_categorical_head_matches_torch_distributions() -> None:
     reference = torch.distributions.Categorical(logits=logits)
     torch.testing.assert_close(categorical_log_prob(logits, actions), reference.log_prob(actions))
     torch.testing.assert_close(categorical_entropy(logits), reference.entropy())
+
+
+def test_categorical_log_prob_and_entropy_from_one_softmax() -> None:
+    torch.manual_seed(0)
+    logits = torch.randn(5, 7, 4)
+    actions = torch.randint(0, 4, (5, 7))
+    log_prob, entropy = categorical_log_prob_and_entropy(logits, actions)
+    assert torch.equal(log_prob, categorical_log_prob(logits, actions))
+    assert torch.equal(entropy, categorical_entropy(logits))
 
 
 def test_gaussian_head_matches_torch_distributions() -> None:
@@ -187,6 +209,70 @@ def test_actor_critic_evaluate_matches_its_distribution(env_id: str, shared: boo
     torch.testing.assert_close(entropy, dist.entropy())
     torch.testing.assert_close(value, policy.value(obs))
     assert (policy.critic_torso is policy.actor_torso) == shared
+
+
+# --- the PPO update's building blocks --------------------------------------------------------
+
+@pytest.mark.parametrize("max_norm", [0.5, 1e6])
+def test_gradient_clipping_is_torchs_bitwise(max_norm: float) -> None:
+    """The agents' clipping skips clip_grad_norm_'s per-call grouping, nothing else."""
+    torch.manual_seed(0)
+    grads = [torch.randn(64, 8) * 3, torch.randn(64), torch.randn(2, 64), torch.randn(2)]
+    params = [torch.nn.Parameter(torch.zeros_like(g)) for g in grads]
+    for p, g in zip(params, grads):
+        p.grad = g.clone()
+    expected_norm = torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=True)
+    ours = [g.clone() for g in grads]
+    norm = global_norm(ours)
+    clip_to_norm(ours, norm, max_norm)
+    assert torch.equal(norm, expected_norm)
+    assert all(torch.equal(a, p.grad) for a, p in zip(ours, params))
+
+
+@pytest.mark.parametrize("size, count", [(64, 4), (23, 3)])  # equal minibatches, and complete_episodes' unequal ones
+def test_shuffled_minibatches_index_each_sample_once(size: int, count: int) -> None:
+    """An epoch gathers every column once in a random order and splits it: the minibatches are
+    those of indexing each column with ``randperm(size).tensor_split(count)`` (the same draw)."""
+    columns = [torch.arange(size).float() * (k + 1) for k in range(len(Samples._fields))]
+    columns[0] = torch.randn(size, 3, 2)  # observations keep their shape
+    samples = Samples(*columns)
+    torch.manual_seed(5)
+    got = list(shuffled_minibatches(samples, count))
+    torch.manual_seed(5)
+    expected = [Samples(*(c[idx] for c in samples)) for idx in torch.randperm(size).tensor_split(count)]
+    assert len(got) == count
+    for batch, reference in zip(got, expected, strict=True):
+        for a, b in zip(batch, reference, strict=True):
+            assert torch.equal(a, b)
+    assert torch.equal(torch.cat([b.mask for b in got]).sort().values, samples.mask)
+
+
+def test_a_zero_entropy_weight_leaves_the_loss_and_gradient_unchanged() -> None:
+    """With ent_coef = 0 the entropy term is left out of the graph rather than weighted by 0."""
+    env = make_env("CartPole-v1")
+    spec = registry.agent("ppo")
+    torch.manual_seed(0)
+    agent = spec.build(build_config(spec), env.observation_space, env.action_space, "cpu")
+    obs = torch.randn(16, 4)
+    actions = agent.act(obs)
+
+    def loss_and_grads(weighted_by_zero: bool) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        agent.optimizer.zero_grad(set_to_none=True)
+        log_prob, entropy, values = agent.policy.evaluate(obs, actions)
+        policy_loss, value_loss, entropy_mean = -log_prob.mean(), values.pow(2).mean(), entropy.mean()
+        if weighted_by_zero:  # the loss as written before: the entropy term in the graph, times 0
+            loss = policy_loss + agent.config.vf_coef * value_loss - 0.0 * entropy_mean
+        else:
+            loss = agent.actor_critic_loss(policy_loss, value_loss, entropy_mean)
+        loss.backward()
+        return loss.detach(), [p.grad.clone() for p in agent.policy.parameters() if p.grad is not None]
+
+    assert agent.config.ent_coef == 0.0
+    loss, grads = loss_and_grads(weighted_by_zero=False)
+    reference_loss, reference_grads = loss_and_grads(weighted_by_zero=True)
+    assert torch.equal(loss, reference_loss)
+    assert len(grads) == len(reference_grads)
+    assert all(torch.equal(a, b) for a, b in zip(grads, reference_grads))
 
 
 # --- configuration and the command line -----------------------------------------------------

@@ -82,6 +82,10 @@ class Agent(Checkpointed, ABC):
     #: runners) is sent these alone; critics, targets and optimisers stay with the learner.
     #: ``None`` (the default, for agents that do not say) means everything.
     policy_keys: tuple[str, ...] | None = None
+    #: Evaluation may run its episodes side by side, one row of :meth:`act` each, with
+    #: ``start_episode(n)`` and one reward per episode in :meth:`record_reward`
+    #: (:func:`toolkit.evaluation.evaluate_together`). Off by default.
+    evaluates_episodes_together: bool = False
 
     @abstractmethod
     def act(self, obs: torch.Tensor, deterministic: bool = False) -> torch.Tensor:
@@ -127,13 +131,15 @@ class Agent(Checkpointed, ABC):
         Agents whose schedules run on their own acting (DQN's epsilon) advance them here, so
         the learner needs no :meth:`act` on observations it would throw away. Default: nothing."""
 
-    def start_episode(self) -> None:
-        """Called before the first :meth:`act` of every evaluation episode. Memoryless agents
+    def start_episode(self, episodes: int = 1) -> None:
+        """Called before the first :meth:`act` of every evaluation episode (of ``episodes``
+        episodes run side by side, with :attr:`evaluates_episodes_together`). Memoryless agents
         ignore it; sequence models clear their context here."""
 
-    def record_reward(self, reward: float) -> None:
-        """Called after every evaluation step with the reward the last action earned
-        (return-conditioned models count their return-to-go down with it)."""
+    def record_reward(self, reward: float | np.ndarray) -> None:
+        """Called after every evaluation step with the reward the last action earned, one per
+        episode when they run side by side (return-conditioned models count their
+        return-to-go down with it)."""
 
 
 def observation_tensor(obs: Any, device: torch.device | str) -> torch.Tensor:
@@ -141,6 +147,11 @@ def observation_tensor(obs: Any, device: torch.device | str) -> torch.Tensor:
 
     Environments such as MuJoCo's return float64; agents and buffers work in float32.
     """
-    array = np.asarray(obs)
+    return observations_tensor([obs], device)
+
+
+def observations_tensor(observations: list[Any], device: torch.device | str) -> torch.Tensor:
+    """One observation per row, as :func:`observation_tensor` makes each."""
+    array = np.stack([np.asarray(obs) for obs in observations])
     dtype = torch.uint8 if array.dtype == np.uint8 else torch.float32
-    return torch.as_tensor(array[None], dtype=dtype, device=device)
+    return torch.as_tensor(array, dtype=dtype, device=device)

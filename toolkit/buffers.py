@@ -4,7 +4,8 @@ Sampling draws indices on the device with the buffer's own generator, so a batch
 crosses to the host and a resumed run draws exactly the batches an uninterrupted one would.
 
 Two buffers share one interface (``add``, ``sample``, ``state_dict``, ``len``,
-``bytes_per_transition``):
+``bytes_per_transition``); :class:`ReplayBuffer` also takes a step of several envs at once
+(``add_batch``, ``streams``):
 
 * :class:`ReplayBuffer` stores every transition's ``obs`` and ``next_obs`` as given;
 * :class:`FrameReplayBuffer` is for observations that are stacks of the last ``k`` image frames
@@ -34,6 +35,11 @@ class _TransitionRing:
     A subclass says how observations are kept (:meth:`_observations`,
     :meth:`_next_observations`) and adds them in ``add``. The slots hold the newest ``size``
     transitions, ending just before the write head ``pos``.
+
+    **Streams.** With ``streams = N`` (a step of ``N`` envs side by side), every write is one
+    row per env in a fixed order, so env ``j``'s transitions lie ``N`` slots apart: histories
+    step back and n-step windows step forward by ``N``. The capacity is rounded up to a
+    multiple of ``N`` so that this holds across the ring's wrap.
     """
 
     def __init__(
@@ -45,8 +51,12 @@ class _TransitionRing:
         obs_dtype: torch.dtype,
         action_dtype: torch.dtype,
         seed: int,
+        streams: int = 1,
     ) -> None:
-        self.capacity = int(capacity)
+        if streams < 1:
+            raise ValueError(f"streams must be at least 1, got {streams}")
+        self.streams = int(streams)
+        self.capacity = -(-int(capacity) // self.streams) * self.streams
         self.device = torch.device(device)
         self.obs_shape, self.obs_dtype = tuple(obs_shape), obs_dtype
         d = self.device
@@ -99,21 +109,45 @@ class _TransitionRing:
             self._views = {k: t.numpy() for k, t in self._slot_tensors().items()}
         return self._views
 
-    def _store(self, **values: Any) -> int:
-        """Write one transition's slot values at the write head and advance it; returns the slot."""
-        slot = self.pos
+    def _store(self, rows: int = 1, **values: Any) -> int:
+        """Write ``rows`` consecutive slots at the write head (``values`` are one row each, or
+        ``rows`` rows with ``rows > 1``) and advance it; returns the first slot written."""
+        slot, end = self.pos, self.pos + rows
         views = self._numpy_views()
         if views is not None:
             for key, value in values.items():
-                views[key][slot] = value
+                views[key][slot:end] = value
         else:
-            tensors = self._slot_tensors()
-            for key, value in values.items():
-                tensors[key][slot] = torch.as_tensor(np.asarray(value), dtype=tensors[key].dtype)
-        self.pos = (self.pos + 1) % self.capacity
-        self.size = min(self.size + 1, self.capacity)
-        self.filled = min(self.filled + 1, self.capacity)
+            self._copy_rows(slot, end, values)
+        self.pos = end % self.capacity
+        self.size = min(self.size + rows, self.capacity)
+        self.filled = min(self.filled + rows, self.capacity)
         return slot
+
+    def _copy_rows(self, start: int, end: int, values: dict[str, Any]) -> None:
+        """Write slots ``start:end`` of a buffer on an accelerator with one host-to-device copy:
+        every field's bytes are packed side by side into one array (each field 8-byte aligned),
+        sent at once, and viewed back as each slot tensor's dtype on the device."""
+        tensors = self._slot_tensors()
+        rows = end - start
+        fields = []
+        for key, value in values.items():
+            target = tensors[key]
+            array = np.asarray(value, dtype=torch.empty(0, dtype=target.dtype).numpy().dtype)
+            fields.append((key, np.ascontiguousarray(array.reshape(rows, -1)).view(np.uint8)))
+        widths = [-(-f.shape[1] // 8) * 8 for _, f in fields]
+        packed = np.zeros((rows, sum(widths)), np.uint8)
+        offset = 0
+        for (_, raw), width in zip(fields, widths):
+            packed[:, offset:offset + raw.shape[1]] = raw
+            offset += width
+        on_device = torch.from_numpy(packed).to(self.device)
+        offset = 0
+        for (key, raw), width in zip(fields, widths):
+            target = tensors[key]
+            column = on_device[:, offset:offset + raw.shape[1]].contiguous().view(target.dtype)
+            target[start:end] = column.reshape(rows, *target.shape[1:])
+            offset += width
 
     def _oldest(self) -> int:
         """The slot of the oldest transition held."""
@@ -131,10 +165,11 @@ class _TransitionRing:
         if history > 1:
             # Step back at most as far as the episode's start, repeating its first observation,
             # and never past the oldest transition held: the slots before it hold newer ones.
-            held_before = (idx - oldest) % self.capacity
+            # (An env's steps lie ``streams`` slots apart.)
+            held_before = (idx - oldest) % self.capacity // self.streams
             back = torch.arange(history - 1, -1, -1, device=self.device)
             back = torch.minimum(back.unsqueeze(0), torch.minimum(self.episode_step[idx], held_before).unsqueeze(1))
-            slots = (idx.unsqueeze(1) - back) % self.capacity
+            slots = (idx.unsqueeze(1) - back * self.streams) % self.capacity
             obs_history = self._observations(slots.reshape(-1)).view(batch_size, history, *self.obs_shape)
         batch = Batch(
             self._observations(idx), self.actions[idx], self.rewards[idx], self._next_observations(idx),
@@ -152,10 +187,11 @@ class _TransitionRing:
         and a window once broken stays broken (cumulative product).
         """
         offsets = torch.arange(n, device=self.device)
-        slots = (idx.unsqueeze(1) + offsets) % self.capacity  # [B, n]
+        slots = (idx.unsqueeze(1) + offsets * self.streams) % self.capacity  # [B, n]; an env's steps lie streams apart
         stored_after = (self.pos - 1 - idx) % self.capacity  # transitions written after t
         same_episode = self.episode_step[slots] == self.episode_step[idx].unsqueeze(1) + offsets
-        valid = (same_episode & (offsets <= stored_after.unsqueeze(1))).long().cumprod(dim=1)
+        written = offsets * self.streams <= stored_after.unsqueeze(1)
+        valid = (same_episode & written).long().cumprod(dim=1)
         length = valid.sum(dim=1)  # k >= 1: offset 0 always passes
         last = slots.gather(1, (length - 1).unsqueeze(1)).squeeze(1)
         return batch._replace(
@@ -170,6 +206,7 @@ class _TransitionRing:
         return {
             **{k: t[: self.filled].clone() for k, t in self._slot_tensors().items()},
             "capacity": self.capacity,
+            "streams": self.streams,
             "pos": self.pos,
             "size": self.size,
             "generator": self.generator.get_state(),
@@ -179,6 +216,8 @@ class _TransitionRing:
         """Restore a buffer saved by :meth:`state_dict` into a buffer of the same capacity."""
         if int(state["capacity"]) != self.capacity:
             raise ValueError(f"the checkpoint's buffer holds {state['capacity']} transitions, this one {self.capacity}")
+        if int(state.get("streams", 1)) != self.streams:
+            raise ValueError(f"the checkpoint's buffer was filled by {state.get('streams', 1)} envs, this one by {self.streams}")
         size = int(state["size"])
         filled = int(state.get("filled", size))  # a ReplayBuffer's filled slots are its size
         for key, tensor in self._slot_tensors().items():
@@ -193,7 +232,8 @@ class ReplayBuffer(_TransitionRing):
     Alongside each transition it keeps the step's index within its episode, which lets
     :meth:`sample` return a history of the last ``k`` observations, or the window of the next
     ``n`` steps for n-step returns, without storing stacks or windows. Both need an episode's
-    transitions added in order, uninterrupted by other episodes'.
+    transitions added in order, uninterrupted by other episodes', or ``streams`` envs' steps
+    added side by side with :meth:`add_batch`.
     """
 
     def __init__(
@@ -205,8 +245,9 @@ class ReplayBuffer(_TransitionRing):
         obs_dtype: torch.dtype = torch.float32,
         action_dtype: torch.dtype = torch.float32,
         seed: int = 0,
+        streams: int = 1,
     ) -> None:
-        super().__init__(capacity, obs_shape, action_shape, device, obs_dtype, action_dtype, seed)
+        super().__init__(capacity, obs_shape, action_shape, device, obs_dtype, action_dtype, seed, streams)
         self.obs = torch.zeros((self.capacity, *obs_shape), dtype=obs_dtype, device=self.device)
         self.next_obs = torch.zeros((self.capacity, *obs_shape), dtype=obs_dtype, device=self.device)
 
@@ -229,8 +270,28 @@ class ReplayBuffer(_TransitionRing):
         episode_step: int,
     ) -> None:
         """Store one transition; ``episode_step`` is 0 for an episode's first step."""
+        if self.streams != 1:
+            raise ValueError(f"this buffer takes steps of {self.streams} envs at once; use add_batch")
         self._store(obs=obs, next_obs=next_obs, actions=action, rewards=reward, dones=float(terminated),
                     episode_step=episode_step)
+
+    def add_batch(
+        self,
+        obs: np.ndarray,
+        actions: np.ndarray,
+        rewards: np.ndarray,
+        next_obs: np.ndarray,
+        terminated: np.ndarray,
+        episode_step: np.ndarray,
+    ) -> None:
+        """Store one step of all ``streams`` envs (each argument has one row per env, in the same
+        env order every call): one write per field on the CPU, one host-to-device copy elsewhere."""
+        n = len(rewards)
+        if n != self.streams:
+            raise ValueError(f"this buffer takes steps of {self.streams} envs at once, got {n}")
+        self._store(rows=n, obs=obs, next_obs=next_obs, actions=actions,
+                    rewards=np.asarray(rewards, np.float32).reshape(n, 1),
+                    dones=np.asarray(terminated, np.float32).reshape(n, 1), episode_step=episode_step)
 
 
 def default_frame_capacity(capacity: int, frame_stack: int) -> int:
@@ -383,6 +444,21 @@ class FrameReplayBuffer(_TransitionRing):
         self._first_frame[slot] = number - min(k - 1, step)
         self._last_next, self._last_step, self._last_terminal = next_obs.copy(), step, bool(terminated)
         self._drop_overwritten()
+
+    def add_batch(
+        self,
+        obs: np.ndarray,
+        actions: np.ndarray,
+        rewards: np.ndarray,
+        next_obs: np.ndarray,
+        terminated: np.ndarray,
+        episode_step: np.ndarray,
+    ) -> None:
+        """:meth:`add` in :meth:`ReplayBuffer.add_batch`'s layout, for one env (a frame buffer
+        takes one env's steps, in order)."""
+        if len(rewards) != 1:
+            raise ValueError(f"a frame replay buffer takes one env's steps, got a step of {len(rewards)} envs")
+        self.add(obs[0], actions[0], float(rewards[0]), next_obs[0], bool(terminated[0]), int(episode_step[0]))
 
     def _drop_overwritten(self) -> None:
         """Stop holding the oldest transitions whose stacks read frames the ring overwrote

@@ -53,6 +53,7 @@ def train(
     pixels: Annotated[Optional[int], typer.Option(help="Observe rendered frames of this side (e.g. 64) instead of the env's own observations.")] = None,
     frame_stack: Annotated[int, typer.Option(help="With --pixels: frames stacked into one observation.")] = 3,
     grey: Annotated[bool, typer.Option("--grey", help="With --pixels: one grey channel per frame.")] = False,
+    compile: Annotated[str, typer.Option("--compile", help="Agents: how the update runs: none, compile (torch.compile) or cudagraphs (compiled and CUDA-graphed; CUDA only); auto: the device's measured default (docs/speed.md).")] = "auto",
 ) -> None:
     """Train an AGENT on an environment (online) or a dataset evaluated in it (offline), or a MODEL on a dataset."""
     from toolkit.envs import parse_env_kwargs
@@ -64,7 +65,7 @@ def train(
             eval_episodes=eval_episodes, checkpoint_every=checkpoint_every, log_every=log_every,
             progress=progress, dataset=dataset, workers=workers, envs_per_worker=envs_per_worker,
             gpus_per_worker=gpus_per_worker, address=address, env_kwargs=parse_env_kwargs(env_kwargs),
-            pixels=pixels, frame_stack=frame_stack, grey=grey,
+            pixels=pixels, frame_stack=frame_stack, grey=grey, compile=compile,
         )
     except ToolkitError as exc:
         _fail(exc)

@@ -53,6 +53,10 @@ def check_encoder(choice: str, key: str = "encoder") -> None:
 class OffPolicyConfig:
     """Settings every off-policy agent shares; the framework's loop reads them."""
 
+    num_envs: int = option(
+        1, "Environments stepped side by side; each loop step acts in all of them with one forward pass and "
+        "stores their transitions with one replay write. train_every and updates_per_step still count env steps."
+    )
     buffer_size: int = option(1_000_000, "Replay buffer capacity in transitions.")
     batch_size: int = option(256, "Transitions per gradient step.")
     learning_starts: int = option(5_000, "Env steps of uniformly random actions before learning begins.")
@@ -61,7 +65,7 @@ class OffPolicyConfig:
 
     def validate(self) -> None:
         """Raise ValueError for settings that cannot work."""
-        for name in ("buffer_size", "batch_size", "train_every", "updates_per_step"):
+        for name in ("num_envs", "buffer_size", "batch_size", "train_every", "updates_per_step"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if self.learning_starts < 0:

@@ -53,7 +53,7 @@ from torch import nn
 
 from toolkit.agent import Agent, Batch, Rollout
 from toolkit.configs import CuriosityConfig
-from toolkit.nn import ICMConvEncoder, mlp
+from toolkit.nn import ICMConvEncoder, fast_adam_options, mlp
 from toolkit.nn.encoders import make_encoder
 from toolkit.nn.normalization import RunningNormalizer
 
@@ -110,8 +110,9 @@ class ICM(nn.Module):
         self.forward_model = mlp(k * d + self.action_dim, [h], d)
 
     def _action_input(self, actions: torch.Tensor) -> torch.Tensor:
-        if self.discrete:
-            return F.one_hot(actions.long().reshape(-1), self.action_dim).float()
+        if self.discrete:  # one-hot by scatter: F.one_hot reads the actions' range back to the host
+            index = actions.long().reshape(-1, 1)
+            return torch.zeros(len(index), self.action_dim, device=actions.device).scatter_(1, index, 1.0)
         return 2.0 * (actions - self.action_low) / (self.action_high - self.action_low) - 1.0
 
     def forward(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -308,7 +309,8 @@ class CuriousAgent(Agent):
         # n-step window stay extrinsic, a bias that shrinks with gamma^i.
         self.n_step = agent.n_step
         # A frozen encoder's (and RND's target's) parameters stay out of the optimiser.
-        self.optimizer = torch.optim.Adam([p for p in self.module.parameters() if p.requires_grad], lr=config.lr)
+        self.optimizer = torch.optim.Adam([p for p in self.module.parameters() if p.requires_grad], lr=config.lr,
+                                          **fast_adam_options(device))
         shape = tuple(getattr(observation_space, "shape", ()))
         vector = len(shape) == 1 and getattr(observation_space, "dtype", None) != np.uint8
         self.obs_normalizer = RunningNormalizer(shape, clip=OBS_CLIP).to(device) if config.normalize_obs and vector else None

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from toolkit.agent import observation_tensor
+from toolkit.agent import observation_tensor, observations_tensor
 from toolkit.envs import EnvOptions, make_env
 from toolkit.rendering import fast_render_settings, render_frame
 
@@ -60,6 +60,8 @@ def evaluate(
     first episode is rendered offscreen and written as an MP4. ``options`` are the run's env
     options (constructor arguments, pixel observations).
     """
+    if video_path is None and episodes > 1 and getattr(agent, "evaluates_episodes_together", False):
+        return evaluate_together(agent, env_id, episodes, seed, device, env, options)
     if env is None or video_path is not None:
         env = make_env(env_id, render_mode="rgb_array" if video_path is not None else None, options=options)
         if video_path is not None:
@@ -92,6 +94,45 @@ def evaluate(
     if video_path is not None:
         write_video(video_path, frames, fps=int(env.metadata.get("render_fps", 30)))
     return EvalResult(returns, lengths)
+
+
+def evaluate_together(
+    agent: Any,
+    env_id: str,
+    episodes: int,
+    seed: int,
+    device: torch.device | str = "cpu",
+    env: Any = None,
+    options: EnvOptions | None = None,
+) -> EvalResult:
+    """The episodes of :func:`evaluate` in lockstep, one env each, one ``act`` call per step
+    for all of them: the same episodes (env ``i`` reset with ``seed + i``), the same returns.
+
+    For agents with ``evaluates_episodes_together``: their ``act`` treats rows as independent
+    episodes, ``start_episode(n)`` starts ``n`` of them and ``record_reward`` takes one reward
+    per episode. An episode that has ended keeps its row (its last observation, reward 0)
+    until every episode has, and its actions are thrown away.
+    """
+    own_envs = [make_env(env_id, options=options) for _ in range(episodes - (env is not None))]
+    envs = ([env] if env is not None else []) + own_envs
+    try:
+        observations = [e.reset(seed=seed + i)[0] for i, e in enumerate(envs)]
+        returns, lengths = np.zeros(episodes), np.zeros(episodes, dtype=np.int64)
+        running = np.ones(episodes, dtype=bool)
+        agent.start_episode(episodes)
+        while running.any():
+            actions = agent.act(observations_tensor(observations, device), deterministic=True).cpu().numpy()
+            rewards = np.zeros(episodes)
+            for i in np.flatnonzero(running):
+                observations[i], rewards[i], terminated, truncated, _ = envs[i].step(actions[i])
+                lengths[i] += 1
+                running[i] = not (terminated or truncated)
+            agent.record_reward(rewards)
+            returns += rewards
+    finally:
+        for e in own_envs:
+            e.close()
+    return EvalResult([float(r) for r in returns], [int(n) for n in lengths])
 
 
 def write_video(path: Path, frames: list[np.ndarray], fps: int) -> None:

@@ -76,6 +76,8 @@ class RunSettings:
     #: How `toolkit prune` made this run (source run and step, method, sparsity per layer);
     #: empty for runs that were not pruned. A pruned run's learner carries its masks.
     pruning: dict[str, Any] = field(default_factory=dict)
+    #: How the agent's update runs (``--compile``: auto, none, compile, cudagraphs; toolkit.compile).
+    compile: str = "auto"
 
     @property
     def env_options(self) -> Any:

@@ -16,7 +16,15 @@ from toolkit.distributed.remote_learner import learner_on_cluster_gpu, run_remot
 from toolkit.envs import check_env_id
 from toolkit.errors import ToolkitError
 from toolkit.registry import AgentSpec, ModelSpec, load_object, registry
-from toolkit.session import Session, build_config, build_session, load_model_data, open_run, open_trained_run
+from toolkit.session import (
+    Session,
+    build_config,
+    build_session,
+    load_model_data,
+    open_run,
+    open_trained_run,
+    resolve_device,
+)
 from toolkit.runs import (
     CHECKPOINT,
     RunSettings,
@@ -70,6 +78,7 @@ def start_training(
     pixels: int | None = None,
     frame_stack: int = 3,
     grey: bool = False,
+    compile: str = "auto",
 ) -> tuple[Path, Any]:
     """Check everything, create the run directory, train. Returns the run dir and loop result.
 
@@ -85,7 +94,8 @@ def start_training(
     (:mod:`toolkit.distributed.remote_learner`); the run directory must then be on storage
     that GPU node writes to (the same machine or a shared filesystem). ``env_kwargs`` go to the
     env's constructor; ``pixels`` (a side in pixels) makes the agent observe ``frame_stack``
-    rendered frames instead of the env's own observations (:mod:`toolkit.pixels`)."""
+    rendered frames instead of the env's own observations (:mod:`toolkit.pixels`). ``compile``
+    says how an agent's update runs (:mod:`toolkit.compile`)."""
     if steps is not None and steps <= 0:
         raise ToolkitError(f"--steps must be a positive number of steps, got {steps}.")
     _check_ray_options(workers, envs_per_worker, gpus_per_worker)
@@ -96,6 +106,8 @@ def start_training(
     if pixels is not None and (pixels < 8 or frame_stack < 1):
         raise ToolkitError(f"--pixels needs a side of at least 8 pixels and --frame-stack at least 1, got {pixels} and {frame_stack}.")
     if isinstance(spec, ModelSpec):
+        if compile not in ("auto", "none"):
+            raise ToolkitError(f"--compile applies to agents' updates; model '{spec.name}' trains eagerly.")
         return _start_model(spec, steps, seed, device, config_file, set_items, run_dir, runs_root,
                             eval_every, checkpoint_every, log_every, progress, dataset, workers)
     assert env is not None
@@ -114,11 +126,16 @@ def start_training(
         log_every=log_every or 1_000, agent_config=to_dict(config), toolkit_version=__version__,
         dataset=_dataset_reference(dataset), workers=workers, envs_per_worker=envs_per_worker,
         gpus_per_worker=gpus_per_worker, address=address, env_kwargs=dict(env_kwargs or {}),
-        pixels=pixels, frame_stack=frame_stack, grey=grey,
+        pixels=pixels, frame_stack=frame_stack, grey=grey, compile=compile,
     )
     _refuse_existing_run_dir(run_dir)
     path = run_dir or default_run_dir(runs_root, agent, env, seed)
-    if learner_on_cluster_gpu(workers, device, address):
+    on_cluster_gpu = learner_on_cluster_gpu(workers, device, address)
+    if not on_cluster_gpu:  # a mode the device cannot run fails before any write
+        from toolkit.compile import resolve_mode
+
+        resolve_mode(compile, resolve_device(device))
+    if on_cluster_gpu:
         return run_remote_learner(_train_new, settings, config, path.resolve(), run_dir=path.resolve())
     return _train_new(settings, config, path, progress)
 
@@ -275,13 +292,19 @@ def resume_training(run_dir: Path, steps: int | None = None, progress: bool = Tr
 
 
 def make_loop(session: Session, run_dir: Path, progress: bool) -> Any:
-    """The training loop of the learner's kind (see :data:`LOOPS`): local, or over Ray workers."""
+    """The training loop of the learner's kind (see :data:`LOOPS`): local, or over Ray workers,
+    with the agent's update compiled as ``settings.compile`` asks (:mod:`toolkit.compile`)."""
+    from toolkit.compile import compile_update, resolve_mode
+
     kind = session.spec.kind
     distributed = session.settings.workers > 0
     reference = LOOPS.get((kind, distributed))
     if reference is None:
         where = "on Ray workers" if distributed else "here"
         raise ToolkitError(f"'{session.spec.name}' has kind '{kind}', which this toolkit cannot train {where}.")
+    mode = resolve_mode(session.settings.compile, session.device)
+    if not session.is_model:
+        compile_update(session.learner, mode)
     return load_object(reference).from_session(session, run_dir, progress)
 
 

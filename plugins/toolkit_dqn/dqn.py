@@ -29,9 +29,10 @@ inside the network so the replay buffer keeps compact bytes; ``impala`` or a pre
 autoencoder run instead. The encoder is part of the Q-network, so the target network has its
 own copy, updated with the rest.
 
-Speed notes (DESIGN.md, Speed): :meth:`DQN.update` is pure tensor code with no read-back to the
-host; even the periodic hard target update is branch-free (a lerp whose weight is 0 or ``tau``),
-so the update can be wrapped in ``torch.compile`` or captured in a CUDA graph.
+Speed notes (``docs/speed.md``): :meth:`DQN.update` is pure tensor code with no read-back to the
+host (``tests/test_sync_free.py`` counts them); even the periodic hard target update is
+branch-free (a lerp whose weight is 0 or ``tau``), so the update can be wrapped in
+``torch.compile`` or captured in a CUDA graph (``--compile``).
 """
 
 from __future__ import annotations
@@ -246,13 +247,16 @@ class DQN(Agent):
 
         # Target network: theta' <- (1 - tau) theta' + tau theta every target_update_interval
         # gradient steps. The period is a lerp weight of 0 or tau, not a Python branch on the
-        # counter, so no value is read back to the host (lerp with weight 0 leaves theta' exact).
+        # counter (lerp with weight 0 leaves theta' exact, with weight 1 copies theta exactly).
+        # The weight goes in as one view of it per parameter: a 0-dim tensor passed as the
+        # weight would bind to lerp's number overload and be read back to the host every update.
         self.updates += 1
         if cfg.target_update_interval == 1:
             torch._foreach_lerp_(self._target_params, self._online_params, cfg.tau)
         else:
             weight = (self.updates % cfg.target_update_interval == 0).float() * cfg.tau
-            torch._foreach_lerp_(self._target_params, self._online_params, weight)
+            torch._foreach_lerp_(self._target_params, self._online_params,
+                                 [weight.expand_as(p) for p in self._target_params])
 
         return {
             "loss": loss.detach(),

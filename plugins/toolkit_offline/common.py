@@ -49,6 +49,9 @@ class OfflinePolicyAgent(OfflineAgent):
     """
 
     config: OfflineConfig
+    #: Evaluation may run all its episodes side by side, one row of ``act`` each
+    #: (:func:`toolkit.evaluation.evaluate`): one network call per step for all of them.
+    evaluates_episodes_together = True
 
     def __init__(self, config: OfflineConfig, observation_space: gym.Space, action_space: gym.Space,
                  device: torch.device | str) -> None:

@@ -23,6 +23,7 @@ action), so the model learns to act from a cold start as well as from a long his
 from __future__ import annotations
 
 import gymnasium as gym
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -95,24 +96,27 @@ class DecisionLSTM(OfflinePolicyAgent):
 
     # --- acting -------------------------------------------------------------------------------
 
-    def start_episode(self) -> None:
-        """Condition the new episode on the target return; clear the LSTM's state."""
-        self.countdown.start(float(self.normalizer.target_return))
+    def start_episode(self, episodes: int = 1) -> None:
+        """Condition ``episodes`` new episodes (run side by side, one row each) on the target
+        return; clear the LSTM's state."""
+        self.countdown.start(float(self.normalizer.target_return), episodes)
         self._hidden, self._previous_action, self._timestep = None, None, 0
 
-    def record_reward(self, reward: float) -> None:
+    def record_reward(self, reward: float | np.ndarray) -> None:
+        """The rewards the last actions earned, one per episode (or one for all)."""
         self.countdown.record(reward)
 
     @torch.no_grad()
     def act(self, obs: torch.Tensor, deterministic: bool = False) -> torch.Tensor:
-        """One LSTM step from the carried state (the policy is deterministic either way)."""
+        """One LSTM step of every episode (row) from its carried state (the policy is
+        deterministic either way)."""
         batch = obs.shape[0]
-        if self.countdown.remaining is None or (self._previous_action is not None and self._previous_action.shape[0] != batch):
-            self.start_episode()  # acting outside an evaluation episode: start one
+        if self.countdown.episodes != batch:
+            self.start_episode(batch)  # acting outside an evaluation episode: start one
         self.model.eval()
         if self._previous_action is None:
             self._previous_action = torch.zeros(batch, 1, self.action_dim, device=self.device)
-        returns = torch.full((batch, 1), self.countdown.remaining, device=self.device)
+        returns = self.countdown.tensor(self.device).unsqueeze(1)
         timesteps = torch.full((batch, 1), self._timestep, dtype=torch.int64, device=self.device)
         predicted, self._hidden = self.model(
             self.normalizer.returns(returns), self.normalizer.observations(obs).unsqueeze(1),

@@ -8,6 +8,7 @@ conditioning the first step on a target return and counting it down by the rewar
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -32,14 +33,25 @@ class StepEmbeddings(nn.Module):
 
 
 class ReturnCountdown:
-    """An evaluation episode's return-to-go: starts at the target, minus each reward received."""
+    """Evaluation episodes' returns-to-go, one per episode run side by side: each starts at
+    the target and loses every reward its episode receives (kept in float64, as the rewards)."""
 
     def __init__(self) -> None:
-        self.remaining: float | None = None
+        self.remaining: np.ndarray | None = None
 
-    def start(self, target: float) -> None:
-        self.remaining = target
+    @property
+    def episodes(self) -> int:
+        """How many episodes are counted down (0 before the first :meth:`start`)."""
+        return 0 if self.remaining is None else len(self.remaining)
 
-    def record(self, reward: float) -> None:
+    def start(self, target: float, episodes: int = 1) -> None:
+        self.remaining = np.full(episodes, target, dtype=np.float64)
+
+    def record(self, rewards: float | np.ndarray) -> None:
+        """Subtract one reward per episode (a single number counts for all of them)."""
         if self.remaining is not None:
-            self.remaining -= reward
+            self.remaining -= np.asarray(rewards, dtype=np.float64)
+
+    def tensor(self, device: torch.device) -> torch.Tensor:
+        """The returns-to-go as a float32 ``[episodes]`` tensor."""
+        return torch.as_tensor(self.remaining, dtype=torch.float32, device=device)

@@ -35,7 +35,7 @@ from toolkit.errors import ToolkitError
 from toolkit.nn import fast_adam_options
 from toolkit.nn.encoders import make_encoder
 from toolkit.nn.normalization import RunningNormalizer
-from toolkit_pg.returns import explained_variance, masked_mean
+from toolkit_pg.returns import explained_variance, masked_mean, real_count
 from toolkit_pg.spec import PolicyGradientConfig
 
 HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
@@ -43,15 +43,32 @@ HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 
 # --- the two action distributions -------------------------------------------------------------
 
+# ``log_softmax`` is ``logits - logsumexp(logits)`` in one kernel with a one-node backward, while on
+# CPU ``logsumexp`` is composite (max, exp, sum, log and an inf guard); computed once for both the
+# log-probability and the entropy, it halves the head's forward and backward time in a small
+# minibatch. It agrees with the subtraction to rounding (a few 1e-7).
+
 def categorical_log_prob(logits: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
     """``log pi(a|s)`` of integer ``actions`` ``[...]`` under ``softmax(logits)`` ``[..., n]``."""
-    log_probs = logits - logits.logsumexp(-1, keepdim=True)
-    return log_probs.gather(-1, actions.long().unsqueeze(-1)).squeeze(-1)
+    return _gather_actions(torch.log_softmax(logits, -1), actions)
 
 
 def categorical_entropy(logits: torch.Tensor) -> torch.Tensor:
     """``H = -sum_a pi(a|s) log pi(a|s)``, shape ``[...]``."""
-    log_probs = logits - logits.logsumexp(-1, keepdim=True)
+    return _entropy_of(torch.log_softmax(logits, -1))
+
+
+def categorical_log_prob_and_entropy(logits: torch.Tensor, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`categorical_log_prob` and :func:`categorical_entropy` from one log-softmax."""
+    log_probs = torch.log_softmax(logits, -1)
+    return _gather_actions(log_probs, actions), _entropy_of(log_probs)
+
+
+def _gather_actions(log_probs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+    return log_probs.gather(-1, actions.long().unsqueeze(-1)).squeeze(-1)
+
+
+def _entropy_of(log_probs: torch.Tensor) -> torch.Tensor:
     return -(log_probs.exp() * log_probs).sum(-1)
 
 
@@ -153,7 +170,7 @@ class ActorCritic(nn.Module):
         """``log pi(a|s)``, the policy's entropy at ``s`` and ``V(s)``, all shaped like the batch."""
         params, value = self(obs)
         if self.discrete:
-            return categorical_log_prob(params, actions), categorical_entropy(params), value
+            return (*categorical_log_prob_and_entropy(params, actions), value)
         return gaussian_log_prob(params, self.log_std, actions), gaussian_entropy(self.log_std, value.shape), value
 
     def sample(self, obs: torch.Tensor) -> torch.Tensor:
@@ -170,6 +187,24 @@ class ActorCritic(nn.Module):
         if self.discrete:
             return params.argmax(-1)
         return torch.maximum(torch.minimum(params, self.action_high), self.action_low)
+
+
+# --- gradient clipping -----------------------------------------------------------------------
+# ``nn.utils.clip_grad_norm_`` computes exactly this, but first groups the gradients by device and
+# dtype in Python on every call, which cost more than the arithmetic (about 110 us against 45 us
+# per PPO minibatch on CPU). An agent's gradients live on one device in one dtype, so the
+# grouping is skipped; the results are bitwise the same.
+
+def global_norm(grads: list[torch.Tensor]) -> torch.Tensor:
+    """The L2 norm of all ``grads`` taken together, as one tensor (no host synchronisation).
+    ``grads`` is never empty here: every loss reaches the trainable policy and value heads."""
+    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+
+
+def clip_to_norm(grads: list[torch.Tensor], norm: torch.Tensor, max_norm: float) -> None:
+    """Scale ``grads`` in place so that their global ``norm`` is at most ``max_norm`` (with
+    ``clip_grad_norm_``'s 1e-6 guard); a multiplication by 1 where it already is."""
+    torch._foreach_mul_(grads, (max_norm / (norm + 1e-6)).clamp(max=1.0))
 
 
 # --- the agent scaffolding the three algorithms share -----------------------------------------
@@ -225,12 +260,24 @@ class PolicyGradientAgent(Agent):
         """One optimiser step on ``loss``, the gradient's global norm clipped; returns the norm."""
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        grads = [p.grad for p in self._params if p.grad is not None]
+        norm = global_norm(grads)
         if self.config.max_grad_norm is not None:
-            norm = nn.utils.clip_grad_norm_(self._params, self.config.max_grad_norm, foreach=True)
-        else:
-            norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in self._params if p.grad is not None]))
+            clip_to_norm(grads, norm, self.config.max_grad_norm)
         self.optimizer.step()
         return norm
+
+    def actor_critic_loss(
+        self, policy_loss: torch.Tensor, value_loss: torch.Tensor, entropy_mean: torch.Tensor
+    ) -> torch.Tensor:
+        """``policy_loss + c_v value_loss - beta entropy``, the loss all three algorithms descend.
+
+        With ``beta = 0`` (PPO's and A2C's default) the entropy term is left out rather than
+        multiplied by 0: the loss and its gradient are the same, but backward no longer walks the
+        entropy's subgraph, a few percent of a small minibatch's time on CPU."""
+        cfg = self.config
+        loss = policy_loss + cfg.vf_coef * value_loss
+        return loss - cfg.ent_coef * entropy_mean if cfg.ent_coef else loss
 
     def vanilla_policy_gradient_step(
         self,
@@ -247,12 +294,12 @@ class PolicyGradientAgent(Agent):
 
         i.e. ascend the advantage-weighted log-likelihood, fit the critic (or baseline) to the
         return by least squares, and keep entropy up. Returns the loss terms for logging."""
-        cfg = self.config
         mask = rollout.mask
-        policy_loss = -masked_mean(advantages * log_prob, mask)
-        value_loss = masked_mean((returns - values).pow(2), mask)
-        entropy_mean = masked_mean(entropy, mask)
-        grad_norm = self.gradient_step(policy_loss + cfg.vf_coef * value_loss - cfg.ent_coef * entropy_mean)
+        count = real_count(mask)  # shared by the three means
+        policy_loss = -masked_mean(advantages * log_prob, mask, count)
+        value_loss = masked_mean((returns - values).pow(2), mask, count)
+        entropy_mean = masked_mean(entropy, mask, count)
+        grad_norm = self.gradient_step(self.actor_critic_loss(policy_loss, value_loss, entropy_mean))
         self.end_update(rollout)
         return {
             "policy_loss": policy_loss.detach(),

@@ -17,14 +17,20 @@ in OpenAI baselines' PPO2.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from typing import NamedTuple
+
 import gymnasium as gym
 import torch
 
 from toolkit.agent import Agent, Rollout
 from toolkit.curiosity import CuriousAgent
 from toolkit_pg.policies import PolicyGradientAgent
-from toolkit_pg.returns import explained_variance, gae, masked_mean, standardize
+from toolkit_pg.returns import explained_variance, gae, masked_mean, real_count, standardize
 from toolkit_pg.spec import PPOConfig, PPOICMConfig
+
+#: What every minibatch step reports, in the order of the row it returns; averaged per update.
+STEP_METRICS = ("policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction", "grad_norm")
 
 
 def clipped_surrogate(
@@ -35,6 +41,30 @@ def clipped_surrogate(
     return torch.minimum(ratio * advantages, ratio.clamp(1.0 - clip_range, 1.0 + clip_range) * advantages), ratio
 
 
+class Samples(NamedTuple):
+    """A rollout flattened to ``T * N`` samples, with what is fixed while PPO learns from it."""
+
+    obs: torch.Tensor
+    actions: torch.Tensor
+    mask: torch.Tensor
+    old_log_prob: torch.Tensor
+    old_values: torch.Tensor
+    advantages: torch.Tensor
+    returns: torch.Tensor
+
+
+def shuffled_minibatches(samples: Samples, count: int) -> Iterator[Samples]:
+    """One epoch: the samples in a fresh random order, split into ``count`` minibatches.
+
+    Each column is gathered once in the new order and split into views, rather than indexed
+    once per minibatch: the minibatches hold the same samples (one ``randperm`` per epoch, as
+    before), for seven index ops an epoch instead of seven to ten a minibatch. The price is one
+    shuffled copy of the rollout alive while the epoch runs."""
+    order = torch.randperm(samples.mask.numel(), device=samples.mask.device)
+    columns = [column[order].tensor_split(count) for column in samples]
+    return (Samples(*parts) for parts in zip(*columns))
+
+
 class PPO(PolicyGradientAgent):
     """PPO-Clip with GAE(lambda), minibatch epochs and optional value clipping."""
 
@@ -43,69 +73,68 @@ class PPO(PolicyGradientAgent):
     def update(self, rollout: Rollout) -> dict[str, torch.Tensor]:
         """``epochs`` passes of minibatch gradient steps on the clipped objective."""
         cfg = self.config
+        samples = self.fixed_samples(rollout)
+        num_minibatches = max(1, samples.mask.numel() // cfg.minibatch_size)
 
-        # The rollout's policy pi_old and its values, advantages and value targets, all fixed.
-        with torch.no_grad():
-            old_log_prob, _, old_values = self.policy.evaluate(rollout.obs, rollout.actions)
-            next_values = self.policy.value(rollout.next_obs)
-            advantages = gae(rollout.rewards, old_values, next_values, rollout.terminated,
-                             rollout.truncated, rollout.mask, cfg.gamma, cfg.gae_lambda)
-            returns = advantages + old_values
+        # One row of STEP_METRICS per minibatch, kept on the device and averaged once at the end.
+        rows = [self.minibatch_step(batch) for _ in range(cfg.epochs)
+                for batch in shuffled_minibatches(samples, num_minibatches)]
 
-        # Flatten [T, N] into one batch of T * N samples for shuffling.
+        self.end_update(rollout)
+        metrics = dict(zip(STEP_METRICS, torch.stack(rows).mean(0).unbind()))
+        metrics["explained_variance"] = explained_variance(samples.old_values, samples.returns, samples.mask)
+        if not self.policy.discrete:
+            metrics["std"] = self.policy.log_std.detach().exp().mean()
+        return metrics
+
+    @torch.no_grad()
+    def fixed_samples(self, rollout: Rollout) -> Samples:
+        """The rollout's policy pi_old and its values, advantages and value targets, all fixed,
+        with ``[T, N]`` flattened into one batch of ``T * N`` samples for shuffling."""
+        cfg = self.config
+        old_log_prob, _, old_values = self.policy.evaluate(rollout.obs, rollout.actions)
+        next_values = self.policy.value(rollout.next_obs)
+        advantages = gae(rollout.rewards, old_values, next_values, rollout.terminated,
+                         rollout.truncated, rollout.mask, cfg.gamma, cfg.gae_lambda)
+        returns = advantages + old_values
         size = rollout.mask.numel()
 
         def flat(x: torch.Tensor) -> torch.Tensor:
             return x.reshape(size, *x.shape[2:])
 
-        obs, actions, mask = flat(rollout.obs), flat(rollout.actions), flat(rollout.mask)
-        old_log_prob, old_values = flat(old_log_prob), flat(old_values)
-        advantages, returns = flat(advantages), flat(returns)
-        num_minibatches = max(1, size // cfg.minibatch_size)
+        return Samples(flat(rollout.obs), flat(rollout.actions), flat(rollout.mask), flat(old_log_prob),
+                       flat(old_values), flat(advantages), flat(returns))
 
-        sums: dict[str, torch.Tensor] = {}
-        for _ in range(cfg.epochs):
-            for idx in torch.randperm(size, device=mask.device).tensor_split(num_minibatches):
-                m = mask[idx]
-                log_prob, entropy, values = self.policy.evaluate(obs[idx], actions[idx])
-                adv = standardize(advantages[idx], m) if cfg.normalize_advantage else advantages[idx]
+    def minibatch_step(self, batch: Samples) -> torch.Tensor:
+        """One gradient step on the clipped objective; returns the row of :data:`STEP_METRICS`."""
+        cfg = self.config
+        m = batch.mask
+        count = real_count(m)  # shared by the minibatch's seven masked means
+        log_prob, entropy, values = self.policy.evaluate(batch.obs, batch.actions)
+        adv = standardize(batch.advantages, m, count=count) if cfg.normalize_advantage else batch.advantages
 
-                # Clipped surrogate objective (eq. 7), to be maximised.
-                surrogate, ratio = clipped_surrogate(log_prob, old_log_prob[idx], adv, cfg.clip_range)
-                policy_loss = -masked_mean(surrogate, m)
+        # Clipped surrogate objective (eq. 7), to be maximised.
+        surrogate, ratio = clipped_surrogate(log_prob, batch.old_log_prob, adv, cfg.clip_range)
+        policy_loss = -masked_mean(surrogate, m, count)
+        value_loss = masked_mean(self.value_error(values, batch), m, count)
+        entropy_mean = masked_mean(entropy, m, count)
+        grad_norm = self.gradient_step(self.actor_critic_loss(policy_loss, value_loss, entropy_mean))
 
-                # Value loss, optionally clipped around the rollout's values.
-                value_error = (values - returns[idx]).pow(2)
-                if cfg.clip_range_vf is not None:
-                    clipped = old_values[idx] + (values - old_values[idx]).clamp(-cfg.clip_range_vf, cfg.clip_range_vf)
-                    value_error = torch.maximum(value_error, (clipped - returns[idx]).pow(2))
-                value_loss = masked_mean(value_error, m)
+        with torch.no_grad():
+            excess = ratio - 1.0
+            # KL(pi_old || pi) estimated as E[(rho - 1) - log rho] (Schulman's k3 estimator).
+            approx_kl = masked_mean(excess - (log_prob - batch.old_log_prob), m, count)
+            clip_fraction = masked_mean((excess.abs() > cfg.clip_range).float(), m, count)
+            return torch.stack([policy_loss, value_loss, entropy_mean, approx_kl, clip_fraction, grad_norm])
 
-                entropy_mean = masked_mean(entropy, m)
-                loss = policy_loss + cfg.vf_coef * value_loss - cfg.ent_coef * entropy_mean
-                grad_norm = self.gradient_step(loss)
-
-                with torch.no_grad():
-                    log_ratio = log_prob - old_log_prob[idx]
-                    step = {
-                        "policy_loss": policy_loss,
-                        "value_loss": value_loss,
-                        "entropy": entropy_mean,
-                        # KL(pi_old || pi) estimated as E[(rho - 1) - log rho] (Schulman's k3 estimator).
-                        "approx_kl": masked_mean((ratio - 1.0) - log_ratio, m),
-                        "clip_fraction": masked_mean(((ratio - 1.0).abs() > cfg.clip_range).float(), m),
-                        "grad_norm": grad_norm,
-                    }
-                    for key, value in step.items():
-                        sums[key] = sums[key] + value.detach() if key in sums else value.detach()
-
-        self.end_update(rollout)
-        count = cfg.epochs * num_minibatches
-        metrics = {key: value / count for key, value in sums.items()}
-        metrics["explained_variance"] = explained_variance(old_values, returns, mask)
-        if not self.policy.discrete:
-            metrics["std"] = self.policy.log_std.detach().exp().mean()
-        return metrics
+    def value_error(self, values: torch.Tensor, batch: Samples) -> torch.Tensor:
+        """Squared error of ``V(s)`` against its target, optionally clipped around the rollout's values."""
+        error = (values - batch.returns).pow(2)
+        vf = self.config.clip_range_vf
+        if vf is None:
+            return error
+        clipped = batch.old_values + (values - batch.old_values).clamp(-vf, vf)
+        return torch.maximum(error, (clipped - batch.returns).pow(2))
 
 
 def make_ppo(config: PPOConfig, observation_space: gym.Space, action_space: gym.Space, device: str) -> PPO:

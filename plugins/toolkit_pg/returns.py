@@ -72,25 +72,37 @@ def gae(
     ``lambda = 1`` gives the discounted return minus ``V(s_t)``; ``lambda = 0`` the one-step TD error.
     Returns the advantages; the value targets are ``advantages + values``.
     """
-    cont = continues(terminated, truncated, mask)
+    # Everything but the recursion is computed on whole tensors, and the rows are unbound once, so
+    # each of the T steps costs three small ops instead of three ops plus three index lookups and
+    # a copy; the values are bitwise the same as the step-by-step ``gamma * lam * cont[t] * A``.
+    decay = gamma * lam * continues(terminated, truncated, mask)
     deltas = rewards + gamma * (1.0 - terminated) * next_values - values
-    advantages = torch.zeros_like(rewards)
+    advantages: list[torch.Tensor] = []
     next_advantage = torch.zeros_like(rewards[0])
-    for t in reversed(range(rewards.shape[0])):
-        next_advantage = mask[t] * (deltas[t] + gamma * lam * cont[t] * next_advantage)
-        advantages[t] = next_advantage
-    return advantages
+    for m_t, delta_t, decay_t in zip(reversed(mask.unbind()), reversed(deltas.unbind()), reversed(decay.unbind())):
+        next_advantage = m_t * (delta_t + decay_t * next_advantage)
+        advantages.append(next_advantage)
+    return torch.stack(advantages[::-1]) if advantages else torch.zeros_like(rewards)
 
 
-def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean of ``x`` over the real steps (``mask`` = 1), without reading the count back to the host."""
-    return (x * mask).sum() / mask.sum().clamp(min=1.0)
+def real_count(mask: torch.Tensor) -> torch.Tensor:
+    """How many real steps ``mask`` holds (at least 1, so that means of padding alone are 0)."""
+    return mask.sum().clamp(min=1.0)
 
 
-def standardize(x: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    """``(x - mean) / std`` over the real steps; padding stays 0."""
-    mean = masked_mean(x, mask)
-    std = masked_mean((x - mean).pow(2), mask).sqrt()
+def masked_mean(x: torch.Tensor, mask: torch.Tensor, count: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean of ``x`` over the real steps (``mask`` = 1), without reading the count back to the host.
+
+    ``count``, :func:`real_count` of ``mask``, may be passed in when many means share one mask
+    (a PPO minibatch takes seven), so that it is summed once."""
+    return (x * mask).sum() / (real_count(mask) if count is None else count)
+
+
+def standardize(x: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8, count: torch.Tensor | None = None) -> torch.Tensor:
+    """``(x - mean) / std`` over the real steps; padding stays 0. ``count`` as for :func:`masked_mean`."""
+    count = real_count(mask) if count is None else count
+    mean = masked_mean(x, mask, count)
+    std = masked_mean((x - mean).pow(2), mask, count).sqrt()
     return mask * (x - mean) / (std + eps)
 
 

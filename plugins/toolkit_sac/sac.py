@@ -19,11 +19,12 @@ Augmentation Is All You Need: Regularizing Deep Reinforcement Learning from Pixe
   :func:`toolkit.nn.encoders.random_shift`), one augmentation of each per update (DrQ with
   ``K = M = 1``, as DrQ-v2 uses it).
 
-Speed notes (DESIGN.md, Speed): the twin critics are one stacked ensemble; the critic, actor
+Speed notes (``docs/speed.md``): the twin critics are one stacked ensemble; the critic, actor
 and temperature losses share one backward pass and one optimiser step (they touch disjoint
-parameters, and the actor reads the critics through detached weights), and no metric is read
-back to the host inside :meth:`SAC.update`. The update is pure tensor code, so it can be
-wrapped in ``torch.compile`` or captured in a CUDA graph later.
+parameters, and the actor reads the critics through detached weights), and nothing is read
+back to the host inside :meth:`SAC.update` (``tests/test_sync_free.py`` counts such reads).
+The update is pure tensor code, so ``--compile`` can wrap it in ``torch.compile`` or capture
+it in a CUDA graph.
 """
 
 from __future__ import annotations

@@ -2,9 +2,12 @@
 
 It builds its own copy of the agent from the registry on the worker (so entry points are
 resolved where the code runs), always on the CPU, and gathers experience with the same
-:class:`~toolkit.loops.collect.EnvBatch` the local loops use. The learner sends weights
-along with a request whenever they changed since this runner last saw them; a runner never
-learns. Plain Python: :mod:`toolkit.distributed.rollouts` wraps it with ``ray.remote``.
+:class:`~toolkit.loops.collect.EnvBatch` the local loops use. The learner sends its policy
+(:meth:`~toolkit.agent.Agent.policy_state_dict`, the :attr:`~toolkit.agent.Agent.policy_keys`
+of its state) along with a request whenever it changed since this runner last saw it; the
+copy loads that alone. Its other parts (critics, target networks, optimisers) are built from
+the config like the rest but never loaded nor used: a runner never learns. Plain Python:
+:mod:`toolkit.distributed.rollouts` wraps it with ``ray.remote``.
 """
 
 from __future__ import annotations
@@ -60,10 +63,14 @@ class EnvRunner:
 
         return {"host": socket.gethostname(), "pid": os.getpid(), "node_id": ray.get_runtime_context().get_node_id()}
 
+    def policy_state(self) -> dict[str, Any]:
+        """The policy this runner acts with (for tests: what it was sent)."""
+        return self.agent.policy_state_dict()
+
     def _sample(self, act: Any, steps: int, version: int, weights: dict[str, Any] | None,
                 complete_episodes: bool = False) -> Sample:
         if weights is not None:
-            self.agent.load_state_dict(weights)
+            self.agent.load_policy_state_dict(weights)
             self.version = version
         episodes: list[tuple[float, int, int]] = []
         columns = self.batch.run(act, steps, lambda ret, length, taken: episodes.append((ret, length, taken)),
@@ -73,7 +80,7 @@ class EnvRunner:
     def sample_rollout(self, steps: int, complete_episodes: bool, version: int = -1,
                        weights: dict[str, Any] | None = None) -> Sample:
         """An on-policy rollout of ``steps`` steps per env (longer with ``complete_episodes``),
-        after loading ``weights`` (numbered ``version``) when they are sent."""
+        after loading the policy ``weights`` (numbered ``version``) when they are sent."""
         return self._sample(self._act, steps, version, weights, complete_episodes)
 
     def sample_steps(self, steps: int, random_actions: bool, version: int = -1,

@@ -14,10 +14,15 @@ collection swapped out, so logging, evaluation, checkpoints and Ctrl-C behave th
   the learner makes the updates those steps are owed (``updates_per_step`` per ``train_every``
   env steps, as locally), and the runner gets its next request with fresh weights. Random
   actions before ``learning_starts`` are taken on the runners.
+* Weights: what is published (once per change, in Ray's object store, read by every runner) is
+  the agent's policy alone, :meth:`~toolkit.agent.Agent.policy_state_dict`: SAC's actor, not
+  its critics, target critics or optimiser. Its pickled size is logged when a run (or
+  a resumed one) first publishes (``{"kind": "distributed", "publish_bytes": ...}``).
 
 Faults: runners are created with unlimited restarts. A request to a runner that died raises
 :class:`ray.exceptions.RayActorError`; the loop logs ``{"kind": "worker", "event":
-"restarted"}``, says so on the terminal, sends the restarted runner the weights and asks again.
+"restarted"}``, says so on the terminal, sends the restarted runner the latest policy and asks
+again (a runner that acted without one, having restarted between two requests, is asked again too).
 A checkpoint holds the agent, the replay buffer and the counters, not the runners' episodes
 in progress: a resumed distributed run starts fresh episodes (exact resume is a local-run
 property).
@@ -25,6 +30,7 @@ property).
 
 from __future__ import annotations
 
+import pickle
 import sys
 from collections import defaultdict
 from collections.abc import Callable
@@ -39,8 +45,8 @@ from toolkit.distributed.cluster import init_ray
 from toolkit.distributed.env_runner import EnvRunner, Sample
 from toolkit.errors import ToolkitError
 from toolkit.loops.base import TrainingLoop
-from toolkit.loops.collect import rollout_from_columns, space_types
-from toolkit.loops.off_policy import OffPolicyLoop
+from toolkit.loops.collect import EnvBatch, rollout_from_columns, space_types
+from toolkit.loops.off_policy import OffPolicyLoop, owed_updates
 from toolkit.loops.on_policy import OnPolicyLoop
 from toolkit.loops.replayable_env import ReplayableEnv
 from toolkit.progress import TrainingProgress
@@ -76,7 +82,8 @@ def distributed_config(config: Any, default: Any, workers: int, envs_per_worker:
 
 
 def cpu_state(value: Any) -> Any:
-    """``value`` (a state dict, nested) with every tensor on the CPU, for the runners."""
+    """``value`` (a state dict, nested) with every tensor on the CPU, for the runners (the
+    object store copies it when it is put, so the learner's next update cannot change it)."""
     if isinstance(value, torch.Tensor):
         return value.detach().cpu()
     if isinstance(value, dict):
@@ -84,6 +91,11 @@ def cpu_state(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return type(value)(cpu_state(v) for v in value)
     return value
+
+
+def serialized_bytes(value: Any) -> int:
+    """Bytes of ``value`` pickled: about what Ray's object store holds for it."""
+    return len(pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL))
 
 
 class RunnerPool:
@@ -113,9 +125,27 @@ class RunnerPool:
         self._incarnations: list[str | None] = [None] * s.workers
 
     def publish(self, agent: Agent) -> None:
-        """Put the agent's current weights in the object store, once for every runner."""
-        self._weights = self.ray.put(cpu_state(agent.state_dict()))
+        """Put the agent's current policy (:meth:`~toolkit.agent.Agent.policy_state_dict`: what
+        acting needs, not its critics, targets or optimisers) in the object store, once for
+        every runner. The first publish logs its size (``kind: distributed``)."""
+        state = cpu_state(agent.policy_state_dict())
+        if self._version == 0:
+            self._log_publish(agent, state)
+        self._weights = self.ray.put(state)
         self._version += 1
+
+    def _log_publish(self, agent: Agent, state: dict[str, Any]) -> None:
+        """``{"kind": "distributed", "publish_bytes": ...}``: the serialized size of one publish
+        (pickled: about what Ray stores), the runners, and the keys sent (null: the whole state)."""
+        loop = self.loop
+        if loop.logger is None:
+            return
+        settings = loop.settings
+        keys = None if agent.policy_keys is None else list(agent.policy_keys)
+        loop.logger.log(loop.step, "distributed", {
+            "workers": settings.workers, "envs_per_worker": settings.envs_per_worker,
+            "policy_keys": keys, "publish_bytes": serialized_bytes(state),
+        })
 
     def request(self, worker: int, method: str, *args: Any) -> Any:
         """Call ``method`` on a runner, with the weights if it has not seen the latest."""
@@ -255,11 +285,20 @@ class DistributedOffPolicyLoop(_RunnerLoop, OffPolicyLoop):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.env.env.close()  # only its spaces were needed: the runners step the envs
+        for env in self.envs.envs:
+            env.env.close()  # only its spaces were needed: the runners step the envs
         self.whole_episodes = (
             self.agent.history_length > 1 or self.agent.n_step > 1 or isinstance(self.buffer, FrameReplayBuffer)
         )
         self._pending: dict[tuple[int, int], list[tuple[Any, ...]]] = defaultdict(list)
+
+    def _make_envs(self, make_env: Callable[[], Any]) -> EnvBatch:
+        if self.config.num_envs != 1:
+            raise ToolkitError(
+                f"With --workers the env runners step the envs; drop num_envs={self.config.num_envs} and pass "
+                "--envs-per-worker instead."
+            )
+        return super()._make_envs(make_env)
 
     def extra_state(self) -> dict[str, Any]:
         return {"buffer": self.buffer.state_dict(), "numpy_rng": self.rng.bit_generator.state}
@@ -267,15 +306,6 @@ class DistributedOffPolicyLoop(_RunnerLoop, OffPolicyLoop):
     def load_extra_state(self, state: dict[str, Any]) -> None:
         self.buffer.load_state_dict(state["buffer"])
         self.rng.bit_generator.state = state["numpy_rng"]
-
-    def _owed_updates(self) -> int:
-        """Gradient steps a local run would have made by ``self.step`` env steps."""
-        cfg = self.config
-        first = max(cfg.learning_starts, 1)
-        if self.step < first:
-            return 0
-        rounds = self.step // cfg.train_every - (first - 1) // cfg.train_every
-        return rounds * cfg.updates_per_step
 
     def _request(self, worker: int, in_flight: dict[Any, tuple[int, bool]]) -> None:
         random_actions = self.step < self.config.learning_starts
@@ -290,9 +320,11 @@ class DistributedOffPolicyLoop(_RunnerLoop, OffPolicyLoop):
         """Add a runner's transitions (time-major, as a local run would have taken them) up to
         ``total_steps``, and log its finished episodes.
 
-        When the runner's copy of the agent chose the actions, the learner's agent acts once on
-        the same observations: agents that count their own actions (DQN's epsilon schedule)
-        then advance exactly as in a local run, and the next weights they send carry that on.
+        When the runner's copy of the agent chose the actions, the learner's agent is told how
+        many it stored (:meth:`~toolkit.agent.Agent.record_acting`): agents whose schedules
+        count their own actions (DQN's epsilon) advance as in a local run without acting on
+        observations it would throw away, and the next policy they publish carries the count
+        to the runners (``acting_steps`` is one of DQN's policy keys).
         """
         columns, episodes, _ = sample
         start = self.step
@@ -312,17 +344,15 @@ class DistributedOffPolicyLoop(_RunnerLoop, OffPolicyLoop):
                 self._pending[(worker, j)].append(transition)
                 if terminated[t, j] or truncated[t, j]:
                     self._flush((worker, j))
-        if policy_acted:
-            taken_obs = obs.reshape(steps * envs, *obs.shape[2:])[: self.step - start].copy()
-            with torch.no_grad():
-                self.agent.act(torch.as_tensor(taken_obs, dtype=self.buffer.obs_dtype, device=self.device))
+        if policy_acted and self.step > start:
+            self.agent.record_acting(self.step - start)
         for episode_return, length, taken in episodes:
             if start + taken <= self.step:
                 self.log_episode(episode_return, length, start + taken)
 
     def _learn(self) -> None:
         cfg = self.config
-        owed = self._owed_updates()
+        owed = owed_updates(self.config, self.step)
         if self.updates >= owed or len(self.buffer) == 0:
             return
         while self.updates < owed:

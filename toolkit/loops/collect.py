@@ -67,6 +67,40 @@ class EnvBatch:
         """The current observation of every env, stacked."""
         return np.stack([np.asarray(env.obs) for env in self.envs])
 
+    def step(
+        self,
+        obs: np.ndarray,
+        actions: np.ndarray,
+        on_episode: EpisodeCallback,
+        taken: int = 0,
+        active: np.ndarray | None = None,
+    ) -> dict[str, np.ndarray]:
+        """One step of every (``active``) env from ``obs`` (:meth:`observations`) with ``actions``:
+        that step's row of each column in :data:`COLUMNS`. An env whose episode ends reports it
+        through ``on_episode`` (``taken`` counts env steps before this one, for the callback)
+        and starts its next episode, so its ``next_obs`` is the episode's true last observation
+        and its next ``obs`` the reset's."""
+        n = len(self.envs)
+        active = np.ones(n, dtype=bool) if active is None else active
+        rewards = np.zeros(n, np.float32)
+        terminated = np.zeros(n, np.float32)
+        truncated = np.zeros(n, np.float32)
+        episode_step = np.array([env.episode_length for env in self.envs], np.int64)
+        next_obs = obs.copy()
+        for i, env in enumerate(self.envs):
+            if not active[i]:
+                continue
+            nxt, reward, term, trunc, _ = env.step(self.env_action(actions[i]))
+            rewards[i], terminated[i], truncated[i], next_obs[i] = reward, term, trunc, nxt
+            taken += 1
+            if term or trunc:
+                on_episode(env.episode_return, env.episode_length, taken)
+                env.begin_episode()
+            else:
+                env.obs = nxt
+        row = (obs, actions, rewards, terminated, truncated, next_obs, active.astype(np.float32), episode_step)
+        return dict(zip(COLUMNS, row))
+
     def run(
         self,
         act: Callable[[np.ndarray], np.ndarray],
@@ -77,34 +111,18 @@ class EnvBatch:
         """Step every env ``steps`` times (with ``complete_episodes``, on until each env's
         episode in progress at ``steps`` has ended, masking the finished ones) and return the
         time-major columns of :data:`COLUMNS`. ``act`` maps stacked observations to actions."""
-        n = len(self.envs)
-        active = np.ones(n, dtype=bool)
+        active = np.ones(len(self.envs), dtype=bool)
         columns: dict[str, list[np.ndarray]] = {k: [] for k in COLUMNS}
         t = taken = 0
         while t < steps or (complete_episodes and active.any()):
             obs = self.observations()
-            actions = act(obs)
-            rewards = np.zeros(n, np.float32)
-            terminated = np.zeros(n, np.float32)
-            truncated = np.zeros(n, np.float32)
-            episode_step = np.array([env.episode_length for env in self.envs], np.int64)
-            next_obs = obs.copy()
-            mask = active.astype(np.float32)
-            for i, env in enumerate(self.envs):
-                if not active[i]:
-                    continue
-                nxt, reward, term, trunc, _ = env.step(self.env_action(actions[i]))
-                rewards[i], terminated[i], truncated[i], next_obs[i] = reward, term, trunc, nxt
-                taken += 1
-                if term or trunc:
-                    on_episode(env.episode_return, env.episode_length, taken)
-                    env.begin_episode()
-                    if complete_episodes and t + 1 >= steps:
-                        active[i] = False  # this env's last episode in the rollout is whole
-                else:
-                    env.obs = nxt
-            for key, value in zip(COLUMNS, (obs, actions, rewards, terminated, truncated, next_obs, mask, episode_step)):
-                columns[key].append(value)
+            row = self.step(obs, act(obs), on_episode, taken, active)
+            taken += int(row["mask"].sum())
+            if complete_episodes and t + 1 >= steps:
+                # An env whose episode just ended has its last episode in the rollout whole.
+                active &= (row["terminated"] + row["truncated"]) == 0
+            for key in COLUMNS:
+                columns[key].append(row[key])
             t += 1
         return {k: np.stack(v) for k, v in columns.items()}
 

@@ -1,9 +1,13 @@
 """The off-policy training loop: collect into a replay buffer, update from it.
 
-For every off-policy agent (SAC, SAC+ICM, DQN): the loop steps the environment, stores
-transitions on the learner's device, calls ``agent.update`` on sampled batches, and leaves
-logging, evaluation and checkpoints to :class:`~toolkit.loops.base.TrainingLoop`. Metrics
-stay on the device until a log step, so the update never waits on a host read.
+For every off-policy agent (SAC, SAC+ICM, DQN): the loop steps ``num_envs`` environments side
+by side (:class:`~toolkit.loops.collect.EnvBatch`, shared with the on-policy loop), acting on
+all of them with one forward pass and one device-to-host read, stores the step of every env
+with one batched replay write, then makes the gradient steps the update-to-data ratio owes
+(:func:`owed_updates`: ``updates_per_step`` every ``train_every`` env steps, counted in env
+steps whatever ``num_envs`` is). Logging, evaluation and checkpoints are
+:class:`~toolkit.loops.base.TrainingLoop`'s. Metrics stay on the device until a log step, so
+the update never waits on a host read.
 """
 
 from __future__ import annotations
@@ -15,18 +19,29 @@ from typing import Any
 import numpy as np
 import torch
 
-from toolkit.agent import Agent, observation_tensor
+from toolkit.agent import Agent
 from toolkit.buffers import FrameReplayBuffer, ReplayBuffer
 from toolkit.configs import OffPolicyConfig
 from toolkit.errors import ToolkitError
 from toolkit.loops.base import TrainingLoop
+from toolkit.loops.collect import EnvBatch
 from toolkit.trainer import LoopResult
-from toolkit.loops.replayable_env import ReplayableEnv
 from toolkit.pixels import observed_frame_stack
 from toolkit.progress import TrainingProgress
 from toolkit.runs import RunSettings
 
-__all__ = ["LoopResult", "OffPolicyLoop"]
+__all__ = ["LoopResult", "OffPolicyLoop", "owed_updates"]
+
+
+def owed_updates(config: OffPolicyConfig, step: int) -> int:
+    """Gradient steps owed after ``step`` env steps: ``updates_per_step`` at every multiple of
+    ``train_every`` from ``learning_starts`` on (the update-to-data ratio, in env steps, for any
+    number of envs and for Ray runners alike)."""
+    first = max(config.learning_starts, 1)
+    if step < first:
+        return 0
+    rounds = step // config.train_every - (first - 1) // config.train_every
+    return rounds * config.updates_per_step
 
 
 def available_memory(device: torch.device) -> int | None:
@@ -57,7 +72,7 @@ def check_replay_fits(buffer: ReplayBuffer | FrameReplayBuffer, obs_shape: tuple
 
 
 class OffPolicyLoop(TrainingLoop):
-    """Trains one off-policy agent in one environment."""
+    """Trains one off-policy agent on ``num_envs`` environments stepped side by side."""
 
     def __init__(
         self,
@@ -71,12 +86,21 @@ class OffPolicyLoop(TrainingLoop):
     ) -> None:
         super().__init__(agent, settings, make_env, run_dir, device, progress)
         self.config = config
-        self.env = ReplayableEnv(make_env(), seed=settings.seed)
-        space = self.env.env.action_space
-        obs_space = self.env.env.observation_space
-        self.discrete = not hasattr(space, "low")
-        self.buffer = self._make_buffer(observed_frame_stack(self.env.env), obs_space, space)
+        self.envs = self._make_envs(make_env)
+        first = self.envs.envs[0].env
+        self.discrete = self.envs.discrete
+        frame_stack = observed_frame_stack(first)
+        if frame_stack is not None and config.num_envs > 1:
+            raise ToolkitError(
+                f"num_envs={config.num_envs} needs vector observations: frame-stack observations are stored "
+                "once per frame, which takes one env's steps in order; use num_envs=1 with --pixels."
+            )
+        self.buffer = self._make_buffer(frame_stack, first.observation_space, first.action_space)
         self.rng = np.random.default_rng(settings.seed)  # random actions before learning starts
+
+    def _make_envs(self, make_env: Callable[[], Any]) -> EnvBatch:
+        """The envs this loop steps, seeded ``seed, seed + 1, ...`` (one env: the run's seed)."""
+        return EnvBatch.make(make_env, self.config.num_envs, self.settings.seed)
 
     def _make_buffer(self, frame_stack: int | None, obs_space: Any, action_space: Any) -> ReplayBuffer | FrameReplayBuffer:
         """The replay buffer: one that stores each frame once when the env observes stacks of
@@ -92,7 +116,7 @@ class OffPolicyLoop(TrainingLoop):
                                          action_dtype=action_dtype, seed=seed)
             obs_dtype = torch.uint8 if obs_space.dtype == np.uint8 else torch.float32
             return ReplayBuffer(cfg.buffer_size, obs_space.shape, action_shape, device=device, obs_dtype=obs_dtype,
-                                action_dtype=action_dtype, seed=seed)
+                                action_dtype=action_dtype, seed=seed, streams=cfg.num_envs)
 
         # Sized on the meta device first (nothing allocated), so a buffer that cannot fit is a
         # sentence now rather than the machine swapping or the process killed later.
@@ -116,46 +140,47 @@ class OffPolicyLoop(TrainingLoop):
         self.logger.log(self.step, "replay", values)
 
     def extra_state(self) -> dict[str, Any]:
-        return {"buffer": self.buffer.state_dict(), "env": self.env.state_dict(), "numpy_rng": self.rng.bit_generator.state}
+        return {"buffer": self.buffer.state_dict(), "envs": [env.state_dict() for env in self.envs.envs],
+                "numpy_rng": self.rng.bit_generator.state}
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
         self.buffer.load_state_dict(state["buffer"])
-        self.env.load_state_dict(state["env"])
+        env_states = state["envs"] if "envs" in state else [state["env"]]  # "env": one env, before num_envs
+        if len(env_states) != len(self.envs):
+            raise ValueError(f"the checkpoint holds {len(env_states)} envs, this run steps {len(self.envs)}")
+        for env, env_state in zip(self.envs.envs, env_states):
+            env.load_state_dict(env_state)
         self.rng.bit_generator.state = state["numpy_rng"]
 
-    def _random_action(self) -> np.ndarray:
-        space = self.env.env.action_space
+    def _random_actions(self) -> np.ndarray:
+        """Uniform actions for every env, from the loop's own generator (checkpointed)."""
+        space, n = self.envs.action_space, len(self.envs)
         if self.discrete:
-            return np.asarray(self.rng.integers(space.n))
-        return self.rng.uniform(space.low, space.high).astype(space.dtype)
-
-    def _policy_action(self, obs: np.ndarray) -> np.ndarray:
-        return self.agent.act(observation_tensor(obs, self.device))[0].cpu().numpy()
+            return np.asarray(self.rng.integers(space.n, size=n)) + int(getattr(space, "start", 0))
+        return self.rng.uniform(space.low, space.high, size=(n, *space.shape)).astype(space.dtype)
 
     def train_until(self, total_steps: int, bar: TrainingProgress) -> None:
         cfg = self.config
-        env = self.env
         self.log_replay_memory()
+        policy = self.envs.policy(self.agent, self.device)  # one forward pass, one read back to the host
         while self.step < total_steps and not self.stop_requested:
-            obs = env.obs
-            action = self._random_action() if self.step < cfg.learning_starts else self._policy_action(obs)
-            episode_step = env.episode_length
-            next_obs, reward, terminated, truncated, _ = env.step(action)
-            self.buffer.add(obs, action, reward, next_obs, terminated, episode_step)
-            self.step += 1
-            if terminated or truncated:
-                self.log_episode(env.episode_return, env.episode_length, self.step)
-                env.begin_episode()
-            else:
-                env.obs = next_obs
+            before = self.step
 
-            if self.step >= cfg.learning_starts and self.step % cfg.train_every == 0:
-                for _ in range(cfg.updates_per_step):
-                    batch = self.buffer.sample(
-                        cfg.batch_size, history=self.agent.history_length, n_step=self.agent.n_step
-                    )
-                    self.accumulate(self.agent.update(batch))
-                    self.updates += 1
+            def on_episode(episode_return: float, length: int, taken: int) -> None:
+                self.log_episode(episode_return, length, before + taken)
 
-            self.after_steps(self.step - 1)
+            obs = self.envs.observations()
+            actions = self._random_actions() if self.step < cfg.learning_starts else policy(obs)
+            row = self.envs.step(obs, actions, on_episode)
+            self.buffer.add_batch(row["obs"], row["actions"], row["rewards"], row["next_obs"], row["terminated"],
+                                  row["episode_step"])
+            self.step += len(self.envs)
+
+            owed = owed_updates(cfg, self.step)
+            while self.updates < owed:
+                batch = self.buffer.sample(cfg.batch_size, history=self.agent.history_length, n_step=self.agent.n_step)
+                self.accumulate(self.agent.update(batch))
+                self.updates += 1
+
+            self.after_steps(before)
             bar.update(self.step, self.last_return)

@@ -68,8 +68,10 @@ class EnsembleMLP(nn.Module):
 
 def fast_adam_options(device: torch.device | str) -> dict[str, bool]:
     """Keyword arguments for ``torch.optim.Adam``: the fused kernel where this torch has it for
-    the device (CPU and CUDA since torch 2.4; one kernel call per step), else the multi-tensor one."""
+    the device (CPU and CUDA since torch 2.4; one kernel call per step), else the multi-tensor one.
+    On CUDA the optimiser is also ``capturable``: its step counts and learning rates stay on the
+    device, so a step never waits on the host and can be captured in a CUDA graph (``--compile``)."""
     kind = torch.device(device).type
     if kind in {"cuda", "cpu"} and tuple(int(x) for x in torch.__version__.split(".")[:2]) >= (2, 4):
-        return {"fused": True}
+        return {"fused": True, "capturable": True} if kind == "cuda" else {"fused": True}
     return {"foreach": True}
