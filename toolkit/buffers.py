@@ -149,6 +149,26 @@ class _TransitionRing:
             target[start:end] = column.reshape(rows, *target.shape[1:])
             offset += width
 
+    def add_batch(
+        self,
+        obs: np.ndarray,
+        actions: np.ndarray,
+        rewards: np.ndarray,
+        next_obs: np.ndarray,
+        terminated: np.ndarray,
+        episode_step: np.ndarray,
+    ) -> None:
+        """Store one step of all ``streams`` envs (each argument has one row per env, in the same
+        env order every call): one write per field on the CPU, one host-to-device copy elsewhere."""
+        if len(rewards) != self.streams:
+            raise ValueError(f"this buffer takes steps of {self.streams} envs at once, got {len(rewards)}")
+        self._add_rows(obs, actions, rewards, next_obs, terminated, episode_step)
+
+    def _add_rows(self, obs: np.ndarray, actions: np.ndarray, rewards: np.ndarray, next_obs: np.ndarray,
+                  terminated: np.ndarray, episode_step: np.ndarray) -> None:
+        """Write :meth:`add_batch`'s rows (a subclass stores observations its way)."""
+        raise NotImplementedError
+
     def _oldest(self) -> int:
         """The slot of the oldest transition held."""
         return (self.pos - self.size) % self.capacity
@@ -275,20 +295,9 @@ class ReplayBuffer(_TransitionRing):
         self._store(obs=obs, next_obs=next_obs, actions=action, rewards=reward, dones=float(terminated),
                     episode_step=episode_step)
 
-    def add_batch(
-        self,
-        obs: np.ndarray,
-        actions: np.ndarray,
-        rewards: np.ndarray,
-        next_obs: np.ndarray,
-        terminated: np.ndarray,
-        episode_step: np.ndarray,
-    ) -> None:
-        """Store one step of all ``streams`` envs (each argument has one row per env, in the same
-        env order every call): one write per field on the CPU, one host-to-device copy elsewhere."""
+    def _add_rows(self, obs: np.ndarray, actions: np.ndarray, rewards: np.ndarray, next_obs: np.ndarray,
+                  terminated: np.ndarray, episode_step: np.ndarray) -> None:
         n = len(rewards)
-        if n != self.streams:
-            raise ValueError(f"this buffer takes steps of {self.streams} envs at once, got {n}")
         self._store(rows=n, obs=obs, next_obs=next_obs, actions=actions,
                     rewards=np.asarray(rewards, np.float32).reshape(n, 1),
                     dones=np.asarray(terminated, np.float32).reshape(n, 1), episode_step=episode_step)
@@ -445,19 +454,9 @@ class FrameReplayBuffer(_TransitionRing):
         self._last_next, self._last_step, self._last_terminal = next_obs.copy(), step, bool(terminated)
         self._drop_overwritten()
 
-    def add_batch(
-        self,
-        obs: np.ndarray,
-        actions: np.ndarray,
-        rewards: np.ndarray,
-        next_obs: np.ndarray,
-        terminated: np.ndarray,
-        episode_step: np.ndarray,
-    ) -> None:
-        """:meth:`add` in :meth:`ReplayBuffer.add_batch`'s layout, for one env (a frame buffer
-        takes one env's steps, in order)."""
-        if len(rewards) != 1:
-            raise ValueError(f"a frame replay buffer takes one env's steps, got a step of {len(rewards)} envs")
+    def _add_rows(self, obs: np.ndarray, actions: np.ndarray, rewards: np.ndarray, next_obs: np.ndarray,
+                  terminated: np.ndarray, episode_step: np.ndarray) -> None:
+        # One env's step (streams is always 1 here: frames are stored once, in an episode's order).
         self.add(obs[0], actions[0], float(rewards[0]), next_obs[0], bool(terminated[0]), int(episode_step[0]))
 
     def _drop_overwritten(self) -> None:
