@@ -147,3 +147,57 @@ def test_default_run_dir_is_under_runs(cli, tmp_path, monkeypatch) -> None:
     assert result.exit_code == 0, result.output
     (run,) = (tmp_path / "runs" / "sac" / "toolkit_PointMass-v0").iterdir()
     assert run.name.endswith("-s4") and (run / CHECKPOINT).is_file()
+
+
+# --- issue 13: every file-system and checkpoint error is one sentence ---------------------------
+
+
+def test_run_dir_under_a_file(cli, tmp_path) -> None:
+    afile = tmp_path / "afile"
+    afile.write_text("not a directory")
+    assert_clean_error(cli("train", "sac", "--env", "Pendulum-v1", "--steps", "120", "--run-dir", afile / "run", *FAST),
+                       "Cannot create run directory", f"{afile} is a file, not a directory")
+
+
+def test_unwritable_run_dir(cli) -> None:
+    result = cli("train", "sac", "--env", "Pendulum-v1", "--steps", "120", "--run-dir", "/proc/run", *FAST)
+    assert_clean_error(result, "Cannot create run directory /proc/run")
+    assert len(result.output.strip().splitlines()) <= 3
+
+
+def test_corrupt_checkpoint_message_is_ours(cli, trained_run, tmp_path) -> None:
+    import shutil
+
+    run = tmp_path / "copy"
+    shutil.copytree(trained_run, run)
+    ckpt = run / CHECKPOINT
+    ckpt.write_bytes(ckpt.read_bytes()[:1000])
+    result = cli("eval", run)
+    assert_clean_error(result, f"Checkpoint {ckpt} is corrupt or truncated", "1000 bytes")
+    text = " ".join(result.output.split())
+    assert "Pytorch" not in text and "miniz" not in text and text.endswith(").")
+
+
+class _Evil:
+    def __reduce__(self):
+        return (print, ("this must never run",))
+
+
+def test_checkpoint_with_a_disallowed_object(cli, trained_run, tmp_path) -> None:
+    import shutil
+
+    import torch
+
+    run = tmp_path / "copy"
+    shutil.copytree(trained_run, run)
+    ckpt = run / CHECKPOINT
+    torch.save({"format": "toolkit-checkpoint", "version": 1, "agent": _Evil()}, ckpt)
+    for command in (["eval", run], ["resume", run, "--steps", "400"]):
+        result = cli(*command)
+        assert_clean_error(result, "holds objects that safe loading", "nothing in it was executed")
+        assert "corrupt" not in result.output and "this must never run" not in result.output
+
+
+def test_eval_best_without_one(cli, trained_run) -> None:
+    assert_clean_error(cli("eval", trained_run, "--checkpoint", "best"), "has no best checkpoint", "--eval-every")
+    assert_clean_error(cli("eval", trained_run, "--checkpoint", "worst"), "Unknown checkpoint 'worst'")

@@ -109,3 +109,246 @@ def test_round_trip_through_dict_and_describe() -> None:
 def test_validate_turns_value_errors_into_user_errors() -> None:
     with pytest.raises(ToolkitError, match="lr must be positive"):
         validate(apply_overrides(Example(), {"lr": "-1"}))
+
+
+# --- declared bounds ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BoundedInner:
+    """Nested bounded settings."""
+
+    weight: float = option(1.0, "a weight", ge=0)
+
+
+@dataclass(frozen=True)
+class Bounded:
+    """Settings with declared bounds."""
+
+    lr: float = option(1e-3, "positive", gt=0)
+    gamma: float = option(0.99, "a discount", gt=0, le=1)
+    dropout: float = option(0.0, "a probability", ge=0, lt=1)
+    count: int = option(1, "at least one", ge=1)
+    shift: float = option(0.0, "any finite number")
+    cap: float = option(float("inf"), "may be infinite", gt=0, allow_inf=True)
+    clip: float | None = option(None, "positive or none", gt=0)
+    widths: tuple[int, ...] = option((4, 4), "widths", ge=1, nonempty=True)
+    dims: tuple[int, ...] = option((), "may be empty", ge=0)
+    inner: BoundedInner = nested(BoundedInner, "inner")
+
+
+@pytest.mark.parametrize(
+    ("key", "raw", "message"),
+    [
+        ("lr", "0", "--set lr=0: lr must be > 0."),
+        ("lr", "-1", "--set lr=-1: lr must be > 0."),
+        ("lr", "nan", "--set lr=nan: lr must be a number, not nan."),
+        ("lr", "inf", "--set lr=inf: lr must be finite."),
+        ("gamma", "1.5", "--set gamma=1.5: gamma must lie in (0, 1]."),
+        ("gamma", "0", "--set gamma=0: gamma must lie in (0, 1]."),
+        ("dropout", "1", "--set dropout=1: dropout must lie in [0, 1)."),
+        ("dropout", "-0.1", "--set dropout=-0.1: dropout must lie in [0, 1)."),
+        ("count", "0", "--set count=0: count must be >= 1."),
+        ("shift", "-inf", "--set shift=-inf: shift must be finite."),
+        ("shift", "nan", "--set shift=nan: shift must be a number, not nan."),
+        ("cap", "nan", "--set cap=nan: cap must be a number, not nan."),
+        ("clip", "0", "--set clip=0: clip must be > 0."),
+        ("widths", "0,-3", "--set widths=0,-3: each value of widths must be >= 1."),
+        ("widths", "", "--set widths=: widths must hold at least one value."),
+        ("dims", "-1", "--set dims=-1: each value of dims must be >= 0."),
+        ("inner.weight", "-2", "--set inner.weight=-2: inner.weight must be >= 0."),
+    ],
+)
+def test_set_values_out_of_bounds_are_one_sentence(key: str, raw: str, message: str) -> None:
+    with pytest.raises(ToolkitError) as err:
+        apply_overrides(Bounded(), {key: raw})
+    assert str(err.value) == message
+
+
+@pytest.mark.parametrize(
+    ("key", "raw"),
+    [("lr", "1e-9"), ("gamma", "1"), ("dropout", "0"), ("count", "1"), ("shift", "-5"), ("cap", "inf"),
+     ("cap", "1"), ("clip", "none"), ("clip", "0.5"), ("widths", "1"), ("dims", ""), ("inner.weight", "0")],
+)
+def test_values_on_the_right_side_of_a_bound_pass(key: str, raw: str) -> None:
+    validate(apply_overrides(Bounded(), {key: raw}))
+
+
+def test_yaml_values_are_bound_checked_and_name_the_file(tmp_path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("gamma: 2\ninner:\n  weight: -1\n")
+    with pytest.raises(ToolkitError) as err:
+        apply_overrides(Bounded(), load_yaml_overrides(path), source=str(path))
+    assert str(err.value) == f"{path}: gamma=2: gamma must lie in (0, 1]."
+    path.write_text("widths: [8, 0]\n")
+    with pytest.raises(ToolkitError, match=r"widths=8,0: each value of widths must be >= 1\.$"):
+        apply_overrides(Bounded(), load_yaml_overrides(path), source=str(path))
+
+
+def test_saved_configs_are_bound_checked() -> None:
+    with pytest.raises(ToolkitError, match=r"^saved config: lr=-1.0: lr must be > 0\.$"):
+        from_dict(Bounded, {**to_dict(Bounded()), "lr": -1.0})
+    with pytest.raises(ToolkitError, match=r"inner.weight=nan: inner.weight must be a number, not nan\.$"):
+        from_dict(Bounded, {"inner": {"weight": float("nan")}})
+
+
+def test_values_that_bypass_overrides_are_caught_by_validate() -> None:
+    # a bad default or a config built in Python never went through apply_overrides
+    with pytest.raises(ToolkitError, match=r"^Invalid config: widths=4,0: each value of widths must be >= 1\.$"):
+        validate(Bounded(widths=(4, 0)))
+    with pytest.raises(ToolkitError, match=r"^Invalid config: inner.weight=-1.0: inner.weight must be >= 0\.$"):
+        validate(Bounded(inner=BoundedInner(weight=-1.0)))
+    with pytest.raises(ToolkitError, match=r"shift=inf: shift must be finite"):
+        validate(Bounded(shift=float("inf")))
+    validate(Bounded())
+
+
+def test_check_fields_raises_value_error_for_direct_builders() -> None:
+    from toolkit.config import check_fields
+
+    with pytest.raises(ValueError, match=r"^count=0: count must be >= 1$"):
+        check_fields(Bounded(count=0))
+    check_fields(Bounded())
+
+
+def test_describe_shows_bounds() -> None:
+    shown = {info.key: info.bounds_text for info in describe(Bounded)}
+    assert shown["lr"] == "> 0"
+    assert shown["gamma"] == "in (0, 1]"
+    assert shown["dropout"] == "in [0, 1)"
+    assert shown["count"] == ">= 1"
+    assert shown["shift"] == ""
+    assert shown["cap"] == "> 0, inf allowed"
+    assert shown["widths"] == "each >= 1, non-empty"
+    assert shown["inner.weight"] == ">= 0"
+
+
+# --- bounds on the shipped agents and models ----------------------------------------------------
+
+
+def _all_specs():
+    from toolkit.registry import registry
+
+    from toolkit.registry import AGENTS, MODELS
+
+    specs = [registry.agent(name) for name in registry.names(AGENTS)]
+    specs += [registry.model(name) for name in registry.names(MODELS)]
+    assert {"sac", "dqn", "ppo", "bc", "vae", "world-model"} <= {spec.name for spec in specs}
+    return specs
+
+
+def test_every_default_config_is_in_bounds_and_valid() -> None:
+    from toolkit.config import check_bounds
+
+    for spec in _all_specs():
+        config = spec.config()
+        check_bounds(config)
+        validate(config)
+
+
+def test_subclasses_keep_the_bounds_of_fields_they_redeclare() -> None:
+    """A config that redeclares a field (a new default) must repeat its base's bounds (or tighten them)."""
+    from dataclasses import fields, is_dataclass
+
+    for spec in _all_specs():
+        cls = spec.config
+        mine = {f.name: f.metadata.get("bounds") for f in fields(cls)}
+        for base in cls.__mro__[1:]:
+            if not is_dataclass(base):
+                continue
+            for f in fields(base):
+                theirs = f.metadata.get("bounds")
+                if theirs is not None and theirs.text():
+                    assert mine[f.name] is not None and mine[f.name].text(), (
+                        f"{cls.__name__}.{f.name} drops {base.__name__}'s bounds"
+                    )
+
+
+@pytest.mark.parametrize(
+    ("agent", "key", "value", "bound"),
+    [
+        ("sac", "lr", "-1", "> 0"),
+        ("sac", "hidden_sizes", "0,-3", ">= 1"),
+        ("sac", "gamma", "2", "in (0, 1]"),
+        ("dqn", "exploration_final_eps", "1.5", "in [0, 1]"),
+        ("ppo", "epochs", "0", ">= 1"),
+        ("sac-icm", "curiosity.return_gamma", "1", "in [0, 1)"),
+        ("bc", "hidden_sizes", "", "at least one value"),
+        ("vae", "kl_samples", "0", ">= 1"),
+        ("world-model", "grad_clip", "-1", ">= 0"),
+    ],
+)
+def test_config_bounds_of_shipped_learners(agent: str, key: str, value: str, bound: str) -> None:
+    from toolkit.registry import registry
+
+    with pytest.raises(ToolkitError) as err:
+        apply_overrides(registry.learner(agent).config(), {key: value})
+    message = str(err.value)
+    assert message.startswith(f"--set {key}={value}: ") and bound in message and message.count(".") <= 3
+
+
+def test_off_policy_buffer_must_hold_a_batch() -> None:
+    from toolkit.registry import registry
+
+    config = apply_overrides(registry.agent("sac").config(), {"buffer_size": "10", "batch_size": "256"})
+    with pytest.raises(ToolkitError, match="buffer_size=10 cannot hold a batch of 256"):
+        validate(config)
+
+
+# --- the CLI: bad values end in one sentence, nothing written ----------------------------------
+
+
+def _refused(result, *fragments: str) -> None:
+    from conftest import assert_clean_error
+
+    assert_clean_error(result, *fragments)
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) <= 3, result.output  # one sentence, possibly wrapped by the console
+
+
+@pytest.mark.parametrize(
+    ("setting", "fragment"),
+    [
+        ("lr=-1", "--set lr=-1: lr must be > 0."),
+        ("lr=nan", "--set lr=nan: lr must be a number, not nan."),
+        ("lr=inf", "--set lr=inf: lr must be finite."),
+        ("hidden_sizes=0,-3", "--set hidden_sizes=0,-3: each value of hidden_sizes must be >= 1."),
+        ("buffer_size=10", "buffer_size=10 cannot hold a batch of 256"),
+    ],
+)
+def test_cli_refuses_bad_settings(cli, tmp_path, setting: str, fragment: str) -> None:
+    run_dir = tmp_path / "run"
+    result = cli("train", "sac", "--env", "Pendulum-v1", "--steps", "10", "--set", setting, "--run-dir", run_dir)
+    _refused(result, fragment)
+    assert not run_dir.exists()
+
+
+def test_cli_refuses_bad_yaml_values(cli, tmp_path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text("tau: 0\n")
+    run_dir = tmp_path / "run"
+    result = cli("train", "sac", "--env", "Pendulum-v1", "--steps", "10", "--config", config, "--run-dir", run_dir)
+    _refused(result, "tau=0: tau must lie in (0, 1].")
+    assert not run_dir.exists()
+
+
+@pytest.mark.parametrize(
+    ("option_", "value", "fragment"),
+    [
+        ("--eval-every", "-1", "--eval-every must be 0"),
+        ("--log-every", "0", "--log-every must be a positive number of steps, got 0."),
+        ("--checkpoint-every", "-5", "--checkpoint-every must be 0"),
+        ("--eval-episodes", "0", "--eval-episodes must be at least 1, got 0."),
+    ],
+)
+def test_cli_refuses_bad_loop_options(cli, tmp_path, option_: str, value: str, fragment: str) -> None:
+    run_dir = tmp_path / "run"
+    result = cli("train", "sac", "--env", "Pendulum-v1", "--steps", "10", option_, value, "--run-dir", run_dir)
+    _refused(result, fragment)
+    assert not run_dir.exists()
+
+
+def test_cli_describe_shows_bounds(cli) -> None:
+    result = cli("describe", "sac")
+    assert result.exit_code == 0, result.output
+    assert "bounds" in result.output and "in (0, 1]" in result.output and "each >= 1" in result.output

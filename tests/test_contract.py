@@ -78,6 +78,14 @@ def test_first_party_agents_are_registered() -> None:
 
 
 @pytest.mark.parametrize("name", AGENT_NAMES)
+def test_factory_imports(name: str) -> None:
+    """Every registered agent loads, matches its entry-point name and api_version, and its
+    factory imports: what `toolkit list --check` reports, caught here before any user sees it."""
+    for entry in (e for e in registry.entries(AGENTS) if e.name == name):
+        assert entry.check() is None, f"{name} ({entry.distribution}): {entry.reason}"
+
+
+@pytest.mark.parametrize("name", AGENT_NAMES)
 def test_spec_is_complete(name: str) -> None:
     spec = registry.agent(name)
     assert spec.name == name

@@ -348,3 +348,78 @@ def test_replay_of_a_full_ring_starts_at_the_oldest_row():
     terminals, timeouts = _episode_flags(np.array([0, 1, 0, 1, 2]), np.array([0, 1, 0, 0, 0], bool), last_ended=True)
     assert terminals.tolist() == [False, True, False, False, False]
     assert timeouts.tolist() == [False, False, False, False, True]
+
+
+# --- values that break learning, and env ids that differ --------------------------------------
+
+
+def pendulum_dataset(env_id: str = "Pendulum-v1", rows: int = 120) -> OfflineDataset:
+    """Finite random transitions in Pendulum's shapes, recorded on ``env_id``."""
+    rng = np.random.default_rng(3)
+    return OfflineDataset(
+        observations=rng.normal(size=(rows, 3)).astype(np.float32),
+        actions=rng.uniform(-2, 2, size=(rows, 1)).astype(np.float32),
+        rewards=rng.normal(size=rows).astype(np.float32),
+        terminals=np.zeros(rows, bool),
+        timeouts=np.arange(rows) % 40 == 39,
+        metadata={"env_id": env_id},
+    )
+
+
+def test_find_nonfinite_names_each_key_first_row_and_count():
+    from toolkit.data.validate import NonFinite, find_nonfinite
+
+    data = pendulum_dataset()
+    assert find_nonfinite(data) == []
+    data.observations[17, 1] = np.nan
+    data.observations[40] = np.inf  # three values in one row
+    data.rewards[100] = -np.inf
+    assert find_nonfinite(data) == [NonFinite("observations", 17, 4), NonFinite("rewards", 100, 1)]
+
+
+def test_info_reports_nan_and_inf(cli, tmp_path):
+    data = pendulum_dataset()
+    data.observations[17, 1] = np.nan
+    data.observations[40] = np.inf
+    data.rewards[100] = np.nan
+    save_dataset(data, tmp_path / "nan.hdf5")
+    result = cli("dataset", "info", tmp_path / "nan.hdf5")
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert "'observations': 4 NaN or infinite values, the first at row 17" in text
+    assert "'rewards': 1 NaN or infinite value, the first at row 100" in text
+    assert "Training refuses this dataset" in text
+    clean = cli("dataset", "info", save_dataset(pendulum_dataset(), tmp_path / "clean.hdf5"))
+    assert clean.exit_code == 0 and "NaN" not in clean.output
+
+
+def test_train_refuses_a_dataset_with_nan_in_one_sentence_before_writing(cli, tmp_path):
+    data = pendulum_dataset()
+    data.rewards[33] = np.nan
+    path = save_dataset(data, tmp_path / "nan.hdf5")
+    run_dir = tmp_path / "run"
+    result = cli("train", "bc", "--env", "Pendulum-v1", "--dataset", path, "--steps", 5, "--run-dir", run_dir, "--no-progress")
+    assert_clean_error(result, "nan.hdf5", "1 NaN or infinite value in 'rewards', the first at row 33")
+    assert " ".join(result.output.split()).count(". ") == 0, result.output  # one sentence
+    assert not run_dir.exists()
+
+
+def test_a_dataset_recorded_on_another_env_id_warns_and_trains(tmp_path, capsys):
+    from toolkit.training import start_training
+
+    path = save_dataset(pendulum_dataset("toolkit/OtherPendulum-v0"), tmp_path / "other.hdf5")
+    run_dir, result = start_training("bc", "Pendulum-v1", 4, dataset=str(path), run_dir=tmp_path / "run",
+                                     progress=False, eval_every=4, eval_episodes=1, device="cpu")
+    assert result.step == 4 and run_dir.exists()
+    err = " ".join(capsys.readouterr().err.split())
+    assert err.count("warning:") == 1, err
+    assert "toolkit/OtherPendulum-v0" in err and "Pendulum-v1" in err and "training continues" in err
+
+
+def test_a_dataset_recorded_on_the_same_env_id_trains_without_a_warning(tmp_path, capsys):
+    from toolkit.training import start_training
+
+    path = save_dataset(pendulum_dataset(), tmp_path / "same.hdf5")
+    start_training("bc", "Pendulum-v1", 2, dataset=str(path), run_dir=tmp_path / "run", progress=False,
+                   eval_every=2, eval_episodes=1, device="cpu")
+    assert "warning" not in capsys.readouterr().err

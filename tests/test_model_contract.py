@@ -98,6 +98,14 @@ def test_every_first_party_model_is_registered() -> None:
     assert {"ae", "dae", "mae", "vae", "beta-vae", "categorical-vae", "vgg11", "cnn", "mlp"} <= names
 
 
+@pytest.mark.parametrize("name", sorted({e.name for e in registry.entries(MODELS)}))
+def test_factory_imports(name: str) -> None:
+    """Every registered model (broken ones included: ``CASES`` holds only those that load)
+    loads, matches its entry-point name and api_version, and its factory imports."""
+    for entry in (e for e in registry.entries(MODELS) if e.name == name):
+        assert entry.check() is None, f"{name} ({entry.distribution}): {entry.reason}"
+
+
 def test_model_spec_modules_import_no_torch() -> None:
     """``toolkit list`` imports every spec module: they must stay light."""
     modules = sorted({e.value.partition(":")[0] for e in registry.entries(MODELS)})

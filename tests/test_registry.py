@@ -471,3 +471,136 @@ def test_a_spec_without_api_version_is_incompatible(site: Site) -> None:
     entries = {e.name: e for e in Registry().all_entries()}
     assert entries["fake-noversion"].status == "incompatible"
     assert "declares no api_version" in entries["fake-noversion"].reason
+
+
+# --- plugin authors are told early: factories, names, api_version -----------------------------
+
+
+def invoke_list_check():
+    from typer.testing import CliRunner
+
+    from toolkit.cli import app
+
+    return CliRunner().invoke(app, ["list", "--check"], env={"COLUMNS": "400"})
+
+
+def check_lines(output: str) -> dict[str, str]:
+    """``toolkit list --check`` output as ``{plugin name: its line}``."""
+    return {line.split(" ", 1)[0]: line for line in output.splitlines() if " (" in line}
+
+
+def broken_factory_site(site: Site) -> None:
+    """Three agents: a factory module that raises on import, one that does not exist, a fine one."""
+    spec, algo = site.unique("facspec"), site.unique("facalgo")
+    missing = site.unique("nosuchmodule")
+    source = "\n".join([
+        agent_spec_source("fake-fac-raises", factory=f"{algo}:make").replace("SPEC =", "RAISES ="),
+        agent_spec_source("fake-fac-missing", factory=f"{missing}:make").replace("SPEC =", "MISSING ="),
+        agent_spec_source("fake-fac-ok", factory=f"{algo}_ok:make"),
+    ])
+    site.distribution(
+        "fake-factories", "0.2", {AGENTS: {
+            "fake-fac-raises": f"{spec}:RAISES", "fake-fac-missing": f"{spec}:MISSING", "fake-fac-ok": f"{spec}:SPEC",
+        }},
+        {
+            spec: source,
+            algo: "import fakeplugin_dependency_of_the_factory_not_installed\n",
+            f"{algo}_ok": "def make(*args):\n    return args\n",
+        },
+    )
+
+
+def test_list_check_imports_factories_and_reports_each_problem(cli_registry: Site) -> None:
+    broken_factory_site(cli_registry)
+    result = invoke_list_check()
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output
+    lines = check_lines(result.output)
+    raises = lines["fake-fac-raises"]
+    assert "broken" in raises and "does not import" in raises and "ModuleNotFoundError" in raises
+    assert "fakeplugin_dependency_of_the_factory_not_installed" in raises and "fake-factories 0.2" in raises
+    assert "broken" in lines["fake-fac-missing"] and "no module named" in lines["fake-fac-missing"]
+    for name in ("fake-fac-ok", "sac", "toolkit-envs", "vae"):
+        assert lines[name].endswith(": ok"), lines[name]
+    assert "with a problem" in result.output.splitlines()[-1]
+
+
+def test_list_check_exits_zero_when_every_plugin_is_fine(cli_registry: Site) -> None:
+    result = invoke_list_check()
+    assert result.exit_code == 0, result.output
+    assert all(line.endswith(": ok") for line in check_lines(result.output).values()), result.output
+    assert result.output.splitlines()[-1].endswith(", 0 with a problem.")
+
+
+def test_plain_list_flags_a_factory_module_that_does_not_exist_without_importing_factories(cli_registry: Site) -> None:
+    broken_factory_site(cli_registry)
+    result = invoke_list()
+    assert result.exit_code == 0, result.output
+    rows = {line.split("│")[1].strip(): line for line in result.output.splitlines() if line.count("│") > 2}
+    assert "broken" in rows["fake-fac-missing"] and "no module named" in rows["fake-fac-missing"]
+    # Importing the factory is what --check is for: plain `list` stays cheap and cannot know.
+    assert rows["fake-fac-raises"].rstrip(" │").endswith("ok")
+
+
+def test_train_with_a_factory_that_fails_to_import_is_one_sentence(site: Site, tmp_path: Path) -> None:
+    from conftest import assert_clean_error
+    from typer.testing import CliRunner
+
+    from toolkit.cli import app
+    from toolkit.registry import registry
+
+    broken_factory_site(site)
+    registry.refresh()  # the process-wide registry must see the fake distribution
+    try:
+        run_dir = tmp_path / "run"
+        result = CliRunner().invoke(app, ["train", "fake-fac-raises", "--env", "Pendulum-v1", "--steps", "10",
+                                          "--run-dir", str(run_dir), "--no-progress"])
+        assert_clean_error(result, "fake-fac-raises", "is broken", "does not import",
+                           "fakeplugin_dependency_of_the_factory_not_installed", "toolkit list --check")
+        assert not run_dir.exists()
+        missing = CliRunner().invoke(app, ["train", "fake-fac-missing", "--env", "Pendulum-v1", "--run-dir", str(run_dir)])
+        assert_clean_error(missing, "fake-fac-missing", "broken", "no module named")
+        assert not run_dir.exists()
+    finally:
+        registry.refresh()
+
+
+def test_entry_point_name_different_from_the_spec_name_is_flagged(site: Site) -> None:
+    mod = site.unique("alias")
+    site.distribution("fake-alias", "1.0", {AGENTS: {"fake-alias": f"{mod}:SPEC"}}, {mod: agent_spec_source("fake-real-name")})
+    registry = Registry()
+    [entry] = by_name(registry.all_entries(), "fake-alias")
+    assert entry.status == "broken"
+    assert "'fake-alias'" in entry.reason and "'fake-real-name'" in entry.reason and "same name" in entry.reason
+    with pytest.raises(ToolkitError, match="fake-real-name"):
+        registry.agent("fake-alias")
+
+
+@pytest.mark.parametrize("version, described", [
+    (str(PLUGIN_API_VERSION), f"the string '{PLUGIN_API_VERSION}'"),
+    (float(PLUGIN_API_VERSION), f"the float {float(PLUGIN_API_VERSION)}"),
+    (True, "the boolean True"),
+])
+def test_an_api_version_of_the_wrong_type_says_so(site: Site, version, described) -> None:
+    mod = site.unique("strversion")
+    site.distribution("fake-strversion", "1.0", {AGENTS: {"fake-strversion": f"{mod}:SPEC"}},
+                      {mod: agent_spec_source("fake-strversion", api_version=version)})
+    registry = Registry()
+    [entry] = by_name(registry.all_entries(), "fake-strversion")
+    assert entry.status == "incompatible"
+    assert f"api_version must be the integer {PLUGIN_API_VERSION}, got {described}" in entry.reason
+    assert "speaks version" not in entry.reason  # not the nonsense "built for API 1, this toolkit speaks 1"
+    with pytest.raises(ToolkitError, match="api_version must be the integer"):
+        registry.agent("fake-strversion")
+
+
+def test_entry_check_reports_a_factory_problem_once_and_records_it(site: Site) -> None:
+    broken_factory_site(site)
+    registry = Registry()
+    entries = {e.name: e for e in registry.entries(AGENTS)}
+    assert entries["fake-fac-ok"].check() is None and entries["fake-fac-ok"].status == "ok"
+    problem = entries["fake-fac-raises"].check()
+    assert problem and problem.startswith("its factory ") and "\n" not in problem
+    assert entries["fake-fac-raises"].status == "broken" and entries["fake-fac-raises"].reason == problem
+    with pytest.raises(ToolkitError, match="does not import"):
+        registry.agent("fake-fac-raises")

@@ -29,7 +29,42 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-@app.command()
+
+def _version(value: bool) -> None:
+    if value:
+        from toolkit import __version__
+
+        console.print(f"toolkit {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the toolkit version and exit.")] = False,
+) -> None:
+    """Train, evaluate and resume reinforcement-learning agents and generative models; every learner is a plugin."""
+
+
+def _train_epilog() -> str:
+    """Examples and the installed learners for `toolkit train --help` (entry-point names only:
+    no plugin is imported, so --help stays fast)."""
+    from importlib.metadata import entry_points
+
+    def names(group: str) -> str:
+        return ", ".join(sorted({ep.name for ep in entry_points(group=group)})) or "none installed"
+
+    return (
+        "Examples:\n\n"
+        "  toolkit train sac --env Hopper-v4 --steps 1000000\n\n"
+        "  toolkit train ppo --env CartPole-v1 --set num_envs=8\n\n"
+        "  toolkit train vae --dataset digits --steps 5000\n\n"
+        f"Agents: {names('toolkit.agents')}.\n\n"
+        f"Models: {names('toolkit.models')}.\n\n"
+        "Settings of a learner: toolkit describe NAME."
+    )
+
+
+@app.command(epilog=_train_epilog())
 def train(
     agent: Annotated[str, typer.Argument(help="Agent or model name, as listed by `toolkit list`.")],
     env: Annotated[Optional[str], typer.Option("--env", "-e", help="Gymnasium environment id, e.g. Hopper-v4 (agents).")] = None,
@@ -95,9 +130,15 @@ def _report(path: Path, result: object) -> None:
     source = getattr(result, "return_source", "episode")
     ret = f", last {source} return {last:.1f}" if last is not None else ""
     if getattr(result, "interrupted", False):
+        import signal
+
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # the checkpoint is saved: another Ctrl-C must not cut the exit short
         console.print(f"Interrupted at step {step}; checkpoint saved. Continue with: toolkit resume {path}")
         raise typer.Exit(130)
     console.print(f"Trained {step} steps{ret}. Run directory: {path}")
+    from toolkit.plot import summary_line  # wall time, steps/s and the last evaluation
+
+    console.print(summary_line(path, result), highlight=False)
 
 
 @app.command("eval")
@@ -110,18 +151,25 @@ def eval_(
     figures: Annotated[bool, typer.Option("--figures/--no-figures", help="Models: write PNG figures into the run dir and TensorBoard.")] = True,
     env: Annotated[Optional[str], typer.Option("--env", "-e", help="Agents: evaluate in this env instead of the run's (its spaces must fit).")] = None,
     env_kwargs: Annotated[Optional[str], typer.Option("--env-kwargs", help="Agents: env constructor arguments key=value,... for the evaluation env.")] = None,
+    checkpoint: Annotated[str, typer.Option("--checkpoint", help="latest, or best: the best periodic evaluation while training (--eval-every).")] = "latest",
 ) -> None:
-    """Evaluate a run's latest checkpoint: episodes for an agent, a metrics table and figures for a model."""
+    """Evaluate a run's latest (or best) checkpoint: episodes for an agent, a metrics table and figures for a model."""
     from toolkit.runs import load_settings
 
     try:
         if load_settings(run_dir).model:
+            if checkpoint != "latest":
+                from toolkit.session import checkpoint_path
+
+                checkpoint_path(run_dir, checkpoint)  # an unknown or missing one is one sentence
+                raise ToolkitError(f"{run_dir} is a model run, which keeps only its latest checkpoint; drop --checkpoint {checkpoint}.")
             _eval_model(run_dir, is_samples, figures, seed or 0)
             return
         from toolkit.envs import parse_env_kwargs
         from toolkit.training import evaluate_run
 
-        result, out, video_path = evaluate_run(run_dir, episodes, video, seed, env, parse_env_kwargs(env_kwargs))
+        result, out, video_path = evaluate_run(run_dir, episodes, video, seed, env, parse_env_kwargs(env_kwargs),
+                                               checkpoint=checkpoint)
     except ToolkitError as exc:
         _fail(exc)
     console.print(f"return {result.mean:.1f} ± {result.std:.1f} over {len(result.returns)} episodes -> {out}")
@@ -145,10 +193,23 @@ def _eval_model(run_dir: Path, is_samples: int, figures: bool, seed: int) -> Non
 
 
 @app.command("list")
-def list_() -> None:
+def list_(
+    check: Annotated[bool, typer.Option("--check", help="Also import every plugin's factory; one line per plugin, exit 1 on any problem.")] = False,
+) -> None:
     """Every installed plugin: name, kind, distribution, version and status."""
     from toolkit.registry import registry
 
+    if check:
+        checked = registry.check_all()
+        for entry in checked:
+            where = f"{entry.kind}, {entry.distribution} {entry.version}"
+            line = "ok" if entry.status == "ok" else f"[red]{entry.status}[/]: {escape(entry.reason)}"
+            console.print(f"{escape(entry.name)} ({escape(where)}): {line}", soft_wrap=True, highlight=False)
+        problems = sum(e.status != "ok" for e in checked)
+        console.print(f"{len(checked)} plugins checked, {problems} with a problem.", highlight=False)
+        if problems or not checked:
+            raise typer.Exit(1)
+        return
     table = Table(show_lines=False)
     # Names and kinds are what users type or filter on: never cut them; the other columns
     # wrap in a narrow terminal instead. (The kind also tells the entry-point group apart:
@@ -186,9 +247,10 @@ def describe(name: Annotated[str, typer.Argument(help="Agent or model name, as l
     table.add_column("key", no_wrap=True)  # keys are what users type: never cut them
     table.add_column("type")
     table.add_column("default")
+    table.add_column("bounds")
     table.add_column("help", ratio=1)
     for info in describe_config(spec.config):
-        table.add_row(info.key, info.type_name, repr(info.default), info.help)
+        table.add_row(info.key, info.type_name, repr(info.default), info.bounds_text, info.help)
     console.print(table)
 
 
@@ -345,6 +407,44 @@ def _print_prune_report(report: dict) -> None:
     layers = report["finetuned"] or report["pruned"]
     console.print("sparsity per layer: " + ", ".join(f"{escape(name)} {info['sparsity']:.1%}"
                                                     for name, info in layers["layers"].items()), highlight=False)
+
+
+@app.command()
+def plot(
+    runs: Annotated[list[Path], typer.Argument(help="Run directories; runs that differ only by seed are drawn as one mean with a min-max band.")],
+    metric: Annotated[Optional[str], typer.Option(help="KIND/KEY as logged, e.g. eval/return_mean, episode/return, train/critic_loss (default: the evaluation return, else the episode return).")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="PNG to write (default: RUN/curves.png for one run without --metric, else ./curves.png).")] = None,
+) -> None:
+    """Draw learning curves: one run's return and training metrics, or one metric of several runs overlaid."""
+    from toolkit.plot import plot_runs, write_curves
+
+    try:
+        for run in runs:
+            if not (run / "config.yaml").is_file():
+                raise ToolkitError(f"{run} is not a toolkit run: it has no config.yaml.")
+        if len(runs) == 1 and metric is None:
+            path = write_curves(runs[0], out)
+        else:
+            path = plot_runs(runs, metric, out)
+    except ToolkitError as exc:
+        _fail(exc)
+    console.print(f"written: {path}")
+
+
+@app.command()
+def export(
+    run_dir: Annotated[Path, typer.Argument(help="A trained agent's run directory.")],
+    format_: Annotated[str, typer.Option("--format", help="torchscript (load with torch.jit.load) or onnx (onnxruntime; needs toolkit-rl[export]).")] = "torchscript",
+    out: Annotated[Optional[Path], typer.Option(help="File to write (default: RUN/policy.pt or RUN/policy.onnx).")] = None,
+) -> None:
+    """Export a run's deterministic policy (observation batch to the actions `toolkit eval` takes) as a standalone file."""
+    from toolkit.export import export_run
+
+    try:
+        path = export_run(run_dir, format_, out)
+    except ToolkitError as exc:
+        _fail(exc)
+    console.print(f"written: {path} (input: a batch of observations; output: the deterministic actions)")
 
 
 from toolkit.dataset_cli import dataset_app  # noqa: E402  (cheap: no torch at import)

@@ -8,10 +8,22 @@ An agent's config is a frozen dataclass whose fields carry their own documentati
 
 Nested dataclasses are addressed with dots (``--set curiosity.eta=0.5``). Every override is
 checked against the field's type; an unknown key lists the valid ones.
+
+Bounds are declared on the field and checked for every value, however it arrives (defaults, a
+YAML file, ``--set``, a resumed run's ``config.yaml``)::
+
+    lr: float = option(3e-4, "Adam learning rate.", gt=0)
+    gamma: float = option(0.99, "Discount factor.", gt=0, le=1)
+    hidden_sizes: tuple[int, ...] = option((256, 256), "Hidden widths.", ge=1, nonempty=True)
+
+On a tuple the bounds hold for each element. Floats must be finite (nan never passes) unless
+the field says ``allow_inf=True``. A config's own ``validate()`` is left with rules that tie
+several fields together.
 """
 
 from __future__ import annotations
 
+import math
 import types
 import typing
 from collections.abc import Iterable, Mapping
@@ -24,12 +36,103 @@ from toolkit.errors import ToolkitError, did_you_mean
 C = TypeVar("C")
 
 
-def option(default: Any, help: str) -> Any:
-    """A dataclass field with a default and the help text shown by ``toolkit describe``."""
+@dataclass(frozen=True)
+class Bounds:
+    """The range a config field's value (each element, for a tuple) must lie in."""
+
+    gt: float | None = None
+    ge: float | None = None
+    lt: float | None = None
+    le: float | None = None
+    allow_inf: bool = False
+    nonempty: bool = False
+
+    def text(self) -> str:
+        """The bounds as a user reads them: ``> 0``, ``in (0, 1]``, ``>= 1``."""
+        low = (f"({_num(self.gt)}" if self.gt is not None else f"[{_num(self.ge)}" if self.ge is not None else None)
+        high = (f"{_num(self.lt)})" if self.lt is not None else f"{_num(self.le)}]" if self.le is not None else None)
+        if low and high:
+            return f"in {low}, {high}"
+        if low:
+            return f"{'>' if self.gt is not None else '>='} {low[1:]}"
+        if high:
+            return f"{'<' if self.lt is not None else '<='} {high[:-1]}"
+        return ""
+
+    def summary(self, is_sequence: bool = False) -> str:
+        """What ``toolkit describe`` shows: ``> 0``, ``each >= 1, non-empty``, ``any float``."""
+        parts = []
+        if self.text():
+            parts.append(("each " if is_sequence else "") + self.text())
+        if self.nonempty:
+            parts.append("non-empty")
+        if self.allow_inf:
+            parts.append("inf allowed")
+        return ", ".join(parts)
+
+    def problem(self, key: str, value: Any) -> str | None:
+        """Why ``value`` breaks these bounds, in words that end a sentence; None if it does not."""
+        if value is None or isinstance(value, (bool, str)):
+            return None
+        if isinstance(value, tuple):
+            if self.nonempty and not value:
+                return f"{key} must hold at least one value"
+            for item in value:
+                why = self._scalar_problem(item)
+                if why:
+                    return f"each value of {key} {why}"
+            return None
+        why = self._scalar_problem(value)
+        return f"{key} {why}" if why else None
+
+    def _scalar_problem(self, value: Any) -> str | None:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return None
+        if isinstance(value, float) and math.isnan(value):
+            return "must be a number, not nan"
+        if isinstance(value, float) and math.isinf(value) and not self.allow_inf:
+            return "must be finite"
+        ok = (
+            (self.gt is None or value > self.gt)
+            and (self.ge is None or value >= self.ge)
+            and (self.lt is None or value < self.lt)
+            and (self.le is None or value <= self.le)
+        )
+        if ok:
+            return None
+        text = self.text()
+        return f"must lie {text}" if text.startswith("in ") else f"must be {text}"
+
+
+NO_BOUNDS = Bounds()
+
+
+def _num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() and abs(x) < 1e15 else repr(x)
+
+
+def option(
+    default: Any,
+    help: str,
+    *,
+    gt: float | None = None,
+    ge: float | None = None,
+    lt: float | None = None,
+    le: float | None = None,
+    allow_inf: bool = False,
+    nonempty: bool = False,
+) -> Any:
+    """A dataclass field with a default, the help text shown by ``toolkit describe`` and its bounds.
+
+    ``gt``/``ge``/``lt``/``le`` bound the value (every element of a tuple) strictly or not;
+    ``nonempty`` refuses an empty tuple; floats must be finite unless ``allow_inf`` (nan never).
+    """
+    bounds = Bounds(gt, ge, lt, le, allow_inf, nonempty)
+    metadata = {"help": help, "bounds": bounds}
     if isinstance(default, (list, dict, set)) or is_dataclass(default):
         value = default
-        return field(default_factory=lambda: value, metadata={"help": help})
-    return field(default=default, metadata={"help": help})
+        return field(default_factory=lambda: value, metadata=metadata)
+    return field(default=default, metadata=metadata)
 
 
 def nested(cls: type, help: str) -> Any:
@@ -45,10 +148,20 @@ class FieldInfo:
     type: Any
     default: Any
     help: str
+    bounds: Bounds = NO_BOUNDS
 
     @property
     def type_name(self) -> str:
         return _type_name(self.type)
+
+    @property
+    def bounds_text(self) -> str:
+        """The field's bounds as ``toolkit describe`` shows them ('' when unbounded)."""
+        return self.bounds.summary(is_sequence=typing.get_origin(self.type) is tuple)
+
+    def problem(self, value: Any) -> str | None:
+        """Why ``value`` is out of this field's bounds (a sentence without its full stop), or None."""
+        return self.bounds.problem(self.key, value)
 
 
 def describe(config_cls_or_obj: Any, prefix: str = "") -> list[FieldInfo]:
@@ -63,7 +176,8 @@ def describe(config_cls_or_obj: Any, prefix: str = "") -> list[FieldInfo]:
         if is_dataclass(hint):
             out.extend(describe(value, prefix + f.name + "."))
         else:
-            out.append(FieldInfo(prefix + f.name, hint, value, f.metadata.get("help", "")))
+            out.append(FieldInfo(prefix + f.name, hint, value, f.metadata.get("help", ""),
+                                 f.metadata.get("bounds", NO_BOUNDS)))
     return out
 
 
@@ -102,8 +216,46 @@ def apply_overrides(config: C, overrides: Mapping[str, Any], source: str = "--se
                 f"Valid keys: {', '.join(sorted(valid))}."
             )
         value = coerce(raw, valid[key].type, key, source)
+        why = valid[key].problem(value)
+        if why:
+            shown = raw if isinstance(raw, str) else _show(raw)
+            where = f"--set {key}={shown}: " if source == "--set" else f"{source}: {key}={shown}: "
+            raise ToolkitError(f"{where}{why}.")
         config = _replace_dotted(config, key.split("."), value)
     return config
+
+
+def bounds_problem(config: Any) -> str | None:
+    """The first field of ``config`` (nested ones too) out of its declared bounds, or a float
+    that is nan or an infinity the field does not allow, as ``key=value: why``; None if all fit."""
+    for info in describe(config):
+        why = info.problem(info.default)  # describe() of an instance reports its current values
+        if why:
+            return f"{info.key}={_show(info.default)}: {why}"
+    return None
+
+
+def check_bounds(config: Any) -> None:
+    """Raise a one-sentence ToolkitError if a field of ``config`` breaks its declared bounds."""
+    problem = bounds_problem(config)
+    if problem:
+        raise ToolkitError(f"Invalid config: {problem}.")
+
+
+def check_fields(config: Any) -> None:
+    """Raise ValueError if a field of ``config`` breaks its declared bounds. A config's own
+    ``validate()`` calls this first, so code that builds a learner straight from a config
+    object (not through the CLI) is held to the same bounds."""
+    problem = bounds_problem(config)
+    if problem:
+        raise ValueError(problem)
+
+
+def _show(value: Any) -> str:
+    """A value as it would be typed after ``--set key=``."""
+    if isinstance(value, (tuple, list)):
+        return ",".join(_show(v) for v in value)
+    return str(value)
 
 
 def parse_set_options(items: Iterable[str]) -> dict[str, str]:
@@ -137,7 +289,9 @@ def load_yaml_overrides(path: Path) -> dict[str, Any]:
 
 
 def validate(config: Any) -> None:
-    """Call the config's ``validate()`` if it defines one, turning ValueError into a user error."""
+    """Check every field's bounds, then call the config's ``validate()`` (its cross-field rules)
+    if it defines one, turning ValueError into a user error."""
+    check_bounds(config)
     check = getattr(config, "validate", None)
     if callable(check):
         try:
@@ -233,12 +387,18 @@ def _replace_dotted(config: Any, path: list[str], value: Any) -> Any:
 
 def from_dict(cls: type[C], data: Mapping[str, Any]) -> C:
     """Rebuild a config saved with :func:`to_dict` (checked like any override)."""
-    return apply_overrides(cls(), flatten(data), source="saved config")
+    config = apply_overrides(cls(), flatten(data), source="saved config")
+    check_bounds(config)
+    return config
 
 
 __all__ = [
+    "Bounds",
     "FieldInfo",
     "apply_overrides",
+    "bounds_problem",
+    "check_bounds",
+    "check_fields",
     "coerce",
     "describe",
     "flatten",

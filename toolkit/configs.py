@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from toolkit.config import option
+from toolkit.config import check_fields, option
 from toolkit.errors import did_you_mean
 
 #: Encoders every agent can read observations through (besides a trained autoencoder run's
@@ -55,37 +55,37 @@ class OffPolicyConfig:
 
     num_envs: int = option(
         1, "Environments stepped side by side; each loop step acts in all of them with one forward pass and "
-        "stores their transitions with one replay write. train_every and updates_per_step still count env steps."
+        "stores their transitions with one replay write. train_every and updates_per_step still count env steps.", ge=1
     )
-    buffer_size: int = option(1_000_000, "Replay buffer capacity in transitions.")
-    batch_size: int = option(256, "Transitions per gradient step.")
-    learning_starts: int = option(5_000, "Env steps of uniformly random actions before learning begins.")
-    train_every: int = option(1, "Env steps between rounds of gradient steps.")
-    updates_per_step: int = option(1, "Gradient steps per round (the update-to-data ratio).")
+    buffer_size: int = option(1_000_000, "Replay buffer capacity in transitions.", ge=1)
+    batch_size: int = option(256, "Transitions per gradient step.", ge=1)
+    learning_starts: int = option(5_000, "Env steps of uniformly random actions before learning begins.", ge=0)
+    train_every: int = option(1, "Env steps between rounds of gradient steps.", ge=1)
+    updates_per_step: int = option(1, "Gradient steps per round (the update-to-data ratio).", ge=1)
 
     def validate(self) -> None:
-        """Raise ValueError for settings that cannot work."""
-        for name in ("num_envs", "buffer_size", "batch_size", "train_every", "updates_per_step"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        if self.learning_starts < 0:
-            raise ValueError(f"learning_starts must be >= 0, got {self.learning_starts}")
+        """Raise ValueError for settings that cannot work together (each field's bounds are declared on it)."""
+        check_fields(self)
+        if self.buffer_size < self.batch_size:
+            raise ValueError(
+                f"buffer_size={self.buffer_size} cannot hold a batch of {self.batch_size}; "
+                f"make buffer_size at least batch_size"
+            )
 
 
 @dataclass(frozen=True)
 class OnPolicyConfig:
     """Settings every on-policy agent shares; the framework's loop reads them."""
 
-    num_envs: int = option(8, "Environments stepped side by side (a vectorised batch).")
-    rollout_steps: int = option(128, "Steps per environment in each rollout handed to the agent.")
+    num_envs: int = option(8, "Environments stepped side by side (a vectorised batch).", ge=1)
+    rollout_steps: int = option(128, "Steps per environment in each rollout handed to the agent.", ge=1)
     complete_episodes: bool = option(
         False, "Extend each rollout until every environment's episode has ended (whole-episode returns)."
     )
 
     def validate(self) -> None:
-        """Raise ValueError for settings that cannot work."""
-        if self.num_envs <= 0 or self.rollout_steps <= 0:
-            raise ValueError("num_envs and rollout_steps must be positive")
+        """Raise ValueError for settings that cannot work together (each field's bounds are declared on it)."""
+        check_fields(self)
 
 
 @dataclass(frozen=True)
@@ -96,14 +96,14 @@ class CuriosityConfig:
         "icm", "Curiosity module: icm (Pathak et al. 2017: forward-model error in a learned feature space) or rnd "
         "(Burda et al. 2019: error of predicting a fixed random network's output)."
     )
-    feature_dim: int = option(64, "Width of the feature space (ICM's phi(s); RND's target output).")
-    hidden_size: int = option(256, "Hidden width of the encoder, forward and inverse models (RND: of both networks).")
-    beta: float = option(0.2, "ICM: weight of the forward loss against the inverse loss (paper: 0.2).")
-    eta: float = option(1.0, "ICM: scale of the raw intrinsic reward eta/2 * ||phi_hat(s') - phi(s')||^2.")
+    feature_dim: int = option(64, "Width of the feature space (ICM's phi(s); RND's target output).", ge=1)
+    hidden_size: int = option(256, "Hidden width of the encoder, forward and inverse models (RND: of both networks).", ge=1)
+    beta: float = option(0.2, "ICM: weight of the forward loss against the inverse loss (paper: 0.2).", ge=0, le=1)
+    eta: float = option(1.0, "ICM: scale of the raw intrinsic reward eta/2 * ||phi_hat(s') - phi(s')||^2.", ge=0)
     intrinsic_weight: float = option(
-        1.0, "Weight of the (normalised) intrinsic reward in the reward the agent learns from."
+        1.0, "Weight of the (normalised) intrinsic reward in the reward the agent learns from.", ge=0
     )
-    extrinsic_weight: float = option(1.0, "Weight of the env's own reward; 0 is pure curiosity (Burda et al. 2018).")
+    extrinsic_weight: float = option(1.0, "Weight of the env's own reward; 0 is pure curiosity (Burda et al. 2018).", ge=0)
     normalize_intrinsic: bool = option(
         True, "Divide the intrinsic reward by a running standard deviation of the discounted intrinsic return "
         "(Burda et al. 2018), so its scale no longer depends on the module, the env or training time."
@@ -112,13 +112,13 @@ class CuriosityConfig:
         True, "Standardise vector observations with their running mean and std (clipped to +-5) before the "
         "curiosity module sees them, as RND does; image observations are left to the encoder."
     )
-    return_gamma: float = option(0.99, "Discount of the intrinsic return whose spread normalises the bonus.")
+    return_gamma: float = option(0.99, "Discount of the intrinsic return whose spread normalises the bonus.", ge=0, lt=1)
     episodic: bool = option(
         True, "Intrinsic returns end with the episode. false (non-episodic, Burda et al. 2018) only with "
         "extrinsic_weight=0: episode ends are then not terminal for the agent."
     )
-    lr: float = option(1e-3, "Adam learning rate of the curiosity module.")
-    frame_stack: int = option(1, "ICM: observations the forward model sees (k > 1: multi-frame ICM).")
+    lr: float = option(1e-3, "Adam learning rate of the curiosity module.", gt=0)
+    frame_stack: int = option(1, "ICM: observations the forward model sees (k > 1: multi-frame ICM).", ge=1)
     inverse_loss: Literal["mse", "gaussian"] = option(
         "mse", "ICM, continuous actions: inverse model trained by MSE or by a Gaussian log-likelihood."
     )
@@ -131,61 +131,39 @@ class CuriosityConfig:
         True, "Train the curiosity encoder (an explicit choice); false freezes it, as random or pretrained features."
     )
     coverage_dims: tuple[int, ...] = option(
-        (0, 1), "Observation dimensions of the state-coverage histogram (vector observations with finite bounds)."
+        (0, 1), "Observation dimensions of the state-coverage histogram (vector observations with finite bounds).", ge=0
     )
-    coverage_bins: int = option(20, "Bins per dimension of the state-coverage histogram.")
+    coverage_bins: int = option(20, "Bins per dimension of the state-coverage histogram.", ge=2)
 
     def validate(self) -> None:
-        """Raise ValueError for settings that cannot work."""
+        """Raise ValueError for settings that cannot work together (each field's bounds are declared on it)."""
+        check_fields(self)
         check_encoder(self.encoder, "curiosity.encoder")
-        if self.kind not in ("icm", "rnd"):
-            raise ValueError(f"curiosity.kind must be icm or rnd, got {self.kind!r}")
-        if not 0.0 <= self.beta <= 1.0:
-            raise ValueError(f"curiosity.beta must lie in [0, 1], got {self.beta}")
-        if self.frame_stack < 1:
-            raise ValueError(f"curiosity.frame_stack must be >= 1, got {self.frame_stack}")
         if self.kind == "rnd" and self.frame_stack > 1:
             raise ValueError("curiosity.frame_stack feeds the ICM's forward model; RND predicts from one observation")
-        if self.feature_dim <= 0 or self.hidden_size <= 0:
-            raise ValueError("curiosity.feature_dim and curiosity.hidden_size must be positive")
-        if not self.intrinsic_weight >= 0 or not self.extrinsic_weight >= 0:
-            raise ValueError("curiosity.intrinsic_weight and curiosity.extrinsic_weight must be non-negative")
-        if not 0.0 <= self.return_gamma < 1.0:
-            raise ValueError(f"curiosity.return_gamma must lie in [0, 1), got {self.return_gamma}")
         if not self.episodic and self.extrinsic_weight > 0:
             raise ValueError(
                 "curiosity.episodic=false makes episode ends non-terminal, which is wrong for the env's own reward; "
                 "use it with curiosity.extrinsic_weight=0 (pure curiosity)"
             )
-        if self.coverage_bins < 2 or any(d < 0 for d in self.coverage_dims):
-            raise ValueError("curiosity.coverage_bins must be >= 2 and curiosity.coverage_dims non-negative")
 
 
 @dataclass(frozen=True)
 class OfflineConfig:
     """Settings every offline agent shares; the framework's loop and normaliser read them."""
 
-    batch_size: int = option(64, "Windows (sequences of context_length steps) per gradient step.")
-    lr: float = option(1e-4, "AdamW learning rate.")
-    weight_decay: float = option(1e-4, "AdamW weight decay.")
-    warmup_steps: int = option(1_000, "Gradient steps of linear learning-rate warm-up from 0.")
-    max_grad_norm: float | None = option(0.25, "Clip the gradient's global norm to this value; none disables clipping.")
+    batch_size: int = option(64, "Windows (sequences of context_length steps) per gradient step.", ge=1)
+    lr: float = option(1e-4, "AdamW learning rate.", gt=0)
+    weight_decay: float = option(1e-4, "AdamW weight decay.", ge=0)
+    warmup_steps: int = option(1_000, "Gradient steps of linear learning-rate warm-up from 0.", ge=0)
+    max_grad_norm: float | None = option(0.25, "Clip the gradient's global norm to this value; none disables clipping.", gt=0)
     target_return: float | None = option(
         None, "Return an evaluation episode is conditioned on (return-conditioned models); none: the dataset's best."
     )
     return_scale: float | None = option(
-        None, "Returns-to-go are divided by this; none: the largest absolute episode return in the dataset."
+        None, "Returns-to-go are divided by this; none: the largest absolute episode return in the dataset.", gt=0
     )
 
     def validate(self) -> None:
-        """Raise ValueError for settings that cannot work."""
-        if self.batch_size <= 0:
-            raise ValueError(f"batch_size must be positive, got {self.batch_size}")
-        if self.lr <= 0:
-            raise ValueError(f"lr must be positive, got {self.lr}")
-        if self.weight_decay < 0 or self.warmup_steps < 0:
-            raise ValueError("weight_decay and warmup_steps must be >= 0")
-        if self.max_grad_norm is not None and self.max_grad_norm <= 0:
-            raise ValueError(f"max_grad_norm must be positive or none, got {self.max_grad_norm}")
-        if self.return_scale is not None and self.return_scale <= 0:
-            raise ValueError(f"return_scale must be positive or none, got {self.return_scale}")
+        """Raise ValueError for settings that cannot work together (each field's bounds are declared on it)."""
+        check_fields(self)

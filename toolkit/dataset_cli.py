@@ -78,12 +78,13 @@ def info(
     env: Annotated[Optional[str], typer.Option("--env", "-e", help="Env for the D4RL normalised score (default: the dataset's).")] = None,
     minari_root: MinariRoot = None,
 ) -> None:
-    """Show a dataset's size, episodes, shapes, returns and D4RL normalised scores."""
+    """Show a dataset's size, episodes, shapes, returns, D4RL normalised scores and any NaN or inf values."""
     from rich.markup import escape
     from rich.table import Table
 
     from toolkit.data import load_dataset
     from toolkit.data.summary import summarize
+    from toolkit.data.validate import describe_nonfinite
 
     try:
         data = load_dataset(dataset, minari_root)
@@ -116,6 +117,10 @@ def info(
     console.print(stats)
     if summary.scores is None:
         console.print(f"No D4RL reference scores for {summary.env_id or 'an unknown env'}; normalised score omitted.")
+    for bad in summary.nonfinite:
+        console.print(f"[bold red]non-finite:[/] {escape(describe_nonfinite(bad))}.", highlight=False, soft_wrap=True)
+    if summary.nonfinite:
+        console.print("Training refuses this dataset until those rows are fixed or dropped.", highlight=False)
 
 
 @dataset_app.command()

@@ -46,6 +46,69 @@ def load_object(reference: str) -> Any:
     return obj
 
 
+def _describe_value(value: Any) -> str:
+    """``the string '1'``, ``the float 1.0``: a value and its type, for messages."""
+    noun = {str: "string", float: "float", bool: "boolean"}.get(type(value))
+    return f"the {noun} {value!r}" if noun else f"{value!r} of type {type(value).__name__}"
+
+
+def _import_factory(reference: str) -> Any:
+    """Import a spec's ``"module:function"`` factory reference."""
+    if ":" not in reference:
+        raise ImportError(f"'{reference}' is not of the form 'module:function'")
+    return load_object(reference)
+
+
+def factory_problem(spec: AgentSpec | ModelSpec) -> str | None:
+    """Import ``spec``'s factory: ``None`` if it imports and is callable, else why not, in one line."""
+    factory = spec.factory
+    if isinstance(factory, str):
+        try:
+            factory = _import_factory(factory)
+        except (Exception, SystemExit) as exc:  # whatever the plugin's module raises
+            return f"its factory {spec.factory} does not import: {type(exc).__name__}: {exc}"
+    if not callable(factory):
+        return f"its factory {spec.factory!r} is not callable"
+    return None
+
+
+def _missing_factory_module(reference: str) -> str | None:
+    """Why ``reference``'s module cannot exist, found without importing anything new: a cheap
+    check for `toolkit list` (the module's parent package must already be imported, as it is
+    when the factory sits next to the spec). ``None`` when nothing is known to be wrong."""
+    import importlib.util
+    import sys
+
+    if ":" not in reference:
+        return f"its factory '{reference}' is not of the form 'module:function'"
+    module = reference.partition(":")[0]
+    parent = module.rpartition(".")[0]
+    if module in sys.modules or (parent and parent not in sys.modules):
+        return None
+    try:
+        found = importlib.util.find_spec(module)
+    except (ImportError, ValueError):
+        found = None
+    return None if found is not None else f"its factory {reference} does not import: no module named '{module}'"
+
+
+class FactoryImportError(ToolkitError):
+    """A spec's factory could not be imported (the plugin is broken)."""
+
+
+def _build(spec: AgentSpec | ModelSpec, noun: str, args: Any, kwargs: Any) -> Any:
+    factory = spec.factory
+    if isinstance(factory, str):
+        try:
+            factory = _import_factory(factory)
+        except (Exception, SystemExit) as exc:
+            raise FactoryImportError(
+                f"The {noun} '{spec.name}' is broken: its factory {spec.factory} does not import "
+                f"({type(exc).__name__}: {exc}); run `toolkit list --check` to check every plugin."
+            ) from None
+    return factory(*args, **kwargs)
+
+
 @dataclass(frozen=True)
 class AgentSpec:
     """What a ``toolkit.agents`` entry point names: everything the framework needs to train
@@ -69,9 +132,9 @@ class AgentSpec:
     api_version: int | None = None
 
     def build(self, *args: Any, **kwargs: Any) -> Any:
-        """Import the factory and build the agent."""
-        factory = load_object(self.factory) if isinstance(self.factory, str) else self.factory
-        return factory(*args, **kwargs)
+        """Import the factory and build the agent; a factory that fails to import is one
+        :class:`ToolkitError` sentence, never a traceback."""
+        return _build(self, "agent", args, kwargs)
 
 
 @dataclass(frozen=True)
@@ -95,9 +158,9 @@ class ModelSpec:
     api_version: int | None = None
 
     def build(self, *args: Any, **kwargs: Any) -> Any:
-        """Import the factory and build the model."""
-        factory = load_object(self.factory) if isinstance(self.factory, str) else self.factory
-        return factory(*args, **kwargs)
+        """Import the factory and build the model; a factory that fails to import is one
+        :class:`ToolkitError` sentence, never a traceback."""
+        return _build(self, "model", args, kwargs)
 
 
 Status = Literal["ok", "broken", "incompatible", "conflict"]
@@ -142,13 +205,40 @@ class PluginEntry:
         elif self.group != ENVS and version is None:
             self.status = "incompatible"
             self.reason = f"{self.value} declares no api_version; set api_version={PLUGIN_API_VERSION} in its spec"
+        elif self.group != ENVS and (isinstance(version, bool) or not isinstance(version, int)):
+            self.status = "incompatible"
+            self.reason = (
+                f"api_version must be the integer {PLUGIN_API_VERSION}, got {_describe_value(version)}; "
+                f"set api_version={PLUGIN_API_VERSION} in the spec ({self.value})"
+            )
         elif self.group != ENVS and version != PLUGIN_API_VERSION:
             self.status = "incompatible"
             self.reason = (
                 f"built for plugin API {version}, this toolkit speaks version {PLUGIN_API_VERSION}; "
                 f"install a release of {self.distribution} made for it"
             )
+        elif self.group in (AGENTS, MODELS) and self.obj.name != self.name:
+            self.status = "broken"
+            self.reason = (
+                f"the entry point is called '{self.name}' but its spec ({self.value}) is named '{self.obj.name}'; "
+                "give the entry point and the spec the same name"
+            )
+        elif self.group in (AGENTS, MODELS) and isinstance(self.obj.factory, str):
+            missing = _missing_factory_module(self.obj.factory)
+            if missing:
+                self.status, self.reason = "broken", missing
         return self.obj
+
+    def check(self) -> str | None:
+        """Load the entry point and also import its spec's factory (which may import torch):
+        ``None`` when the plugin is usable, else its one-line problem, also recorded as its
+        status. What `toolkit list --check` and the contract tests run."""
+        self.load()
+        if self.status == "ok" and self.group in (AGENTS, MODELS):
+            problem = factory_problem(self.obj)
+            if problem:
+                self.status, self.reason = "broken", problem
+        return None if self.status == "ok" else self.reason
 
 
 def _distribution_entry_points(group: str) -> list[PluginEntry]:
@@ -198,6 +288,14 @@ class Registry:
         out = [e for g in GROUPS for e in self.entries(g)]
         for entry in out:
             entry.load()
+        return out
+
+    def check_all(self) -> list[PluginEntry]:
+        """Every plugin of every group, each loaded and its factory imported
+        (:meth:`PluginEntry.check`): what `toolkit list --check` reports."""
+        out = [e for g in GROUPS for e in self.entries(g)]
+        for entry in out:
+            entry.check()
         return out
 
     def names(self, group: str) -> list[str]:

@@ -6,18 +6,26 @@ Layout of ``runs/<agent>/<env>/<time>-s<seed>/``::
     metrics.jsonl             one JSON object per line: {"step": ..., "kind": ..., ...}
     tb/                       TensorBoard events of the same metrics
     checkpoints/latest.pt     everything needed to continue exactly
+    checkpoints/best.pt       the learner at its best periodic evaluation so far (--eval-every)
     eval/                     results of `toolkit eval`, one JSON per call
     videos/                   MP4s of evaluation episodes
 
 Checkpoints are written to a temporary file and renamed into place, so a crash never
 leaves half a file, and they are read with ``torch.load(weights_only=True)``: loading a
-checkpoint never runs code from it.
+checkpoint never runs code from it. Stale ``*.tmp`` files of a write that was cut short are
+removed when the run next starts.
+
+``metrics.jsonl`` is strict JSON: a value that is not a finite number (NaN, infinity) is
+written as ``null``. A resumed run first drops the rows (and TensorBoard events) logged after
+its checkpoint's step, so every reader sees one curve with steps that never go back.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +38,7 @@ from toolkit.errors import ToolkitError
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.jsonl"
 CHECKPOINT = Path("checkpoints") / "latest.pt"
+BEST_CHECKPOINT = Path("checkpoints") / "best.pt"
 CHECKPOINT_FORMAT = "toolkit-checkpoint"
 CHECKPOINT_VERSION = 1
 
@@ -118,13 +127,49 @@ def create_run_dir(path: Path) -> Path:
         raise ToolkitError(
             f"Run directory {path} already exists; pick another --run-dir, or continue it with `toolkit resume {path}`."
         )
-    path.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ToolkitError(f"Cannot create run directory {path}: {_os_reason(path, exc)}; pick another --run-dir.") from None
     return path
+
+
+def _os_reason(path: Path, exc: OSError) -> str:
+    """Why ``path`` could not be made or written, in a few words."""
+    import errno
+
+    for parent in [path, *path.parents]:
+        if parent.exists() and not parent.is_dir():
+            return f"{parent} is a file, not a directory"
+    existing = next((p for p in path.parents if p.is_dir()), None)
+    if existing is not None and (isinstance(exc, PermissionError) or not os.access(existing, os.W_OK)):
+        return f"{existing} is not writable"
+    if existing is not None and exc.errno == errno.ENOENT:
+        return f"{existing} does not allow new directories in it"
+    if exc.errno == errno.ENOSPC:
+        return "the disk is full"
+    return (exc.strerror or type(exc).__name__).lower()
+
+
+def file_error(what: str, path: Path, exc: OSError) -> ToolkitError:
+    """One sentence for an OSError while writing a run's file (disk full, permissions ...)."""
+    return ToolkitError(f"Cannot write {what} {path}: {_os_reason(path, exc)}.")
+
+
+def remove_stale_temporaries(run_dir: Path) -> None:
+    """Delete ``*.tmp`` files left in ``checkpoints/`` by a write that was cut short."""
+    folder = run_dir / CHECKPOINT.parent
+    if folder.is_dir():
+        for tmp in folder.glob("*.tmp"):
+            tmp.unlink(missing_ok=True)
 
 
 def save_settings(run_dir: Path, settings: RunSettings) -> None:
     """Write ``config.yaml`` atomically."""
-    _atomic_write_text(run_dir / CONFIG_FILE, yaml.safe_dump(settings.to_dict(), sort_keys=False))
+    try:
+        _atomic_write_text(run_dir / CONFIG_FILE, yaml.safe_dump(settings.to_dict(), sort_keys=False))
+    except OSError as exc:
+        raise file_error("run config", run_dir / CONFIG_FILE, exc) from None
 
 
 def load_settings(run_dir: Path) -> RunSettings:
@@ -141,20 +186,72 @@ def load_settings(run_dir: Path) -> RunSettings:
         raise ToolkitError(f"{path} is not a valid run config ({str(exc).splitlines()[0]}).") from None
 
 
-class MetricsLogger:
-    """Appends metrics to ``metrics.jsonl`` and, optionally, TensorBoard."""
+def _finite_or_null(value: Any) -> Any:
+    """NaN and infinities become None (``null``), so the line is strict JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite_or_null(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_or_null(v) for v in value]
+    return value
 
-    def __init__(self, run_dir: Path, tensorboard: bool = True) -> None:
-        self.file = open(run_dir / METRICS_FILE, "a", buffering=1)
+
+def metrics_line(record: dict[str, Any]) -> str:
+    """One strict-JSON line of ``metrics.jsonl`` (non-finite numbers written as ``null``)."""
+    return json.dumps(_finite_or_null(record), allow_nan=False)
+
+
+def truncate_metrics(run_dir: Path, step: int) -> None:
+    """Drop the rows of ``metrics.jsonl`` logged after ``step`` (and a line cut short by a
+    crash), rewriting the file atomically; rows at ``step`` itself were written before its
+    checkpoint and stay."""
+    path = run_dir / METRICS_FILE
+    if not path.is_file():
+        return
+    kept, dropped = [], False
+    for line in path.read_text().splitlines():
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            keep = isinstance(record, dict) and int(record.get("step", 0)) <= step
+        except (ValueError, TypeError):
+            keep = False
+        if keep:
+            kept.append(line)
+        else:
+            dropped = True
+    if dropped:
+        _atomic_write_text(path, "".join(line + "\n" for line in kept))
+
+
+class MetricsLogger:
+    """Appends metrics to ``metrics.jsonl`` and, optionally, TensorBoard.
+
+    ``resume_step``: the step of the checkpoint a run continues from; what was logged after it
+    (by a run that crashed, or was stopped at once, after its last checkpoint) is discarded
+    from both, so the resumed run does not log those steps twice."""
+
+    def __init__(self, run_dir: Path, tensorboard: bool = True, resume_step: int | None = None) -> None:
+        try:
+            if resume_step is not None:
+                truncate_metrics(run_dir, resume_step)
+            self.file = open(run_dir / METRICS_FILE, "a", buffering=1)
+        except OSError as exc:
+            raise file_error("metrics file", run_dir / METRICS_FILE, exc) from None
         self.tb = None
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.tb = SummaryWriter(str(run_dir / "tb"))
+            # purge_step: TensorBoard drops the events at and after it from earlier event files.
+            purge = resume_step + 1 if resume_step is not None else None
+            self.tb = SummaryWriter(str(run_dir / "tb"), purge_step=purge)
 
     def log(self, step: int, kind: str, values: dict[str, float]) -> None:
-        """Record ``values`` under ``kind`` (e.g. ``train``, ``episode``, ``eval``) at ``step``."""
-        self.file.write(json.dumps({"step": step, "kind": kind, **values}) + "\n")
+        """Record ``values`` under ``kind`` (e.g. ``train``, ``episode``, ``eval``) at ``step``;
+        a value that is NaN or infinite is written to ``metrics.jsonl`` as ``null``."""
+        self.file.write(metrics_line({"step": step, "kind": kind, **values}) + "\n")
         if self.tb is not None:
             for key, value in values.items():
                 if isinstance(value, (int, float)):  # events such as {"event": "restarted"} are JSON only
@@ -181,11 +278,15 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
 
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        torch.save({"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **state}, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            torch.save({"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **state}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # the previous checkpoint stays as it was
+        raise
 
 
 def load_checkpoint(path: Path, device: Any = "cpu") -> dict[str, Any]:
@@ -197,8 +298,14 @@ def load_checkpoint(path: Path, device: Any = "cpu") -> dict[str, Any]:
     try:
         state = torch.load(path, map_location=device, weights_only=True)
     except Exception as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ToolkitError(f"Checkpoint {path} is corrupt or truncated and cannot be read ({reason[:160]}).") from None
+        if _refused_by_safe_loading(exc):
+            raise ToolkitError(
+                f"Checkpoint {path} holds objects that safe loading (weights only) refuses, so it was not loaded "
+                "and nothing in it was executed; use checkpoints written by toolkit."
+            ) from None
+        size = path.stat().st_size if path.exists() else 0
+        what = "the file is empty" if size == 0 else f"its {size} bytes are not a complete toolkit checkpoint"
+        raise ToolkitError(f"Checkpoint {path} is corrupt or truncated and cannot be read ({what}).") from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise ToolkitError(f"Checkpoint {path} is not a toolkit checkpoint.")
     if state.get("version") != CHECKPOINT_VERSION:
@@ -206,6 +313,16 @@ def load_checkpoint(path: Path, device: Any = "cpu") -> dict[str, Any]:
             f"Checkpoint {path} has format version {state.get('version')}, this toolkit reads version {CHECKPOINT_VERSION}."
         )
     return state
+
+
+def _refused_by_safe_loading(exc: Exception) -> bool:
+    """Whether torch.load(weights_only=True) refused an object the file names (a class or
+    function it would have had to import or call), rather than failing to parse the file."""
+    import pickle
+
+    return isinstance(exc, pickle.UnpicklingError) and bool(
+        re.search(r"unsupported global|GLOBAL |not an allowed global|safe_globals|Unsupported class", str(exc), re.I)
+    )
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
@@ -216,5 +333,8 @@ def _atomic_write_text(path: Path, text: str) -> None:
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
     """Write ``data`` as indented JSON, atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write_text(path, json.dumps(data, indent=2) + "\n")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _atomic_write_text(path, json.dumps(data, indent=2) + "\n")
+    except OSError as exc:
+        raise file_error("results file", path, exc) from None

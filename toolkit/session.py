@@ -15,7 +15,7 @@ from toolkit.config import apply_overrides, from_dict, load_yaml_overrides, pars
 from toolkit.envs import check_agent_fits, make_env
 from toolkit.errors import ToolkitError
 from toolkit.registry import AgentSpec, ModelSpec, registry
-from toolkit.runs import CHECKPOINT, RunSettings, load_checkpoint, load_settings
+from toolkit.runs import BEST_CHECKPOINT, CHECKPOINT, RunSettings, load_checkpoint, load_settings
 
 
 def resolve_device(name: str) -> Any:
@@ -139,14 +139,33 @@ def open_run(run_dir: Path, device: str | None = None) -> Session:
     return build_session(load_settings(run_dir), device_name=device)
 
 
-def open_trained_run(run_dir: Path) -> tuple[Session, int]:
-    """A run's learner with its latest checkpoint's weights, and the step it was saved at."""
+#: The checkpoints `toolkit eval --checkpoint` can read.
+CHECKPOINTS = {"latest": CHECKPOINT, "best": BEST_CHECKPOINT}
+
+
+def checkpoint_path(run_dir: Path, which: str = "latest") -> Path:
+    """The path of a run's ``latest`` or ``best`` checkpoint, checked to exist."""
+    if which not in CHECKPOINTS:
+        raise ToolkitError(f"Unknown checkpoint '{which}'; use latest or best.")
+    path = run_dir / CHECKPOINTS[which]
+    if which == "best" and not path.is_file() and (run_dir / CHECKPOINT).is_file():
+        raise ToolkitError(
+            f"{run_dir} has no best checkpoint: one is kept only by runs that evaluate while training "
+            "(--eval-every); evaluate its latest with --checkpoint latest."
+        )
+    return path
+
+
+def open_trained_run(run_dir: Path, checkpoint: str = "latest") -> tuple[Session, int]:
+    """A run's learner with the weights of its ``latest`` (or ``best``) checkpoint, and the
+    step that checkpoint was saved at."""
     session = open_run(run_dir)
-    state = load_checkpoint(run_dir / CHECKPOINT, device=session.device)
+    path = checkpoint_path(run_dir, checkpoint)
+    state = load_checkpoint(path, device=session.device)
     key = "model" if session.is_model else "agent"
     try:
         session.learner.load_state_dict(state[key])
         step = int(state["counters"]["step"])
     except (KeyError, RuntimeError, ValueError, TypeError) as exc:
-        raise ToolkitError(f"Checkpoint {run_dir / CHECKPOINT} does not fit this run's {key} ({exc}).") from None
+        raise ToolkitError(f"Checkpoint {path} does not fit this run's {key} ({exc}).") from None
     return session, step

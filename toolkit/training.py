@@ -98,6 +98,14 @@ def start_training(
     says how an agent's update runs (:mod:`toolkit.compile`)."""
     if steps is not None and steps <= 0:
         raise ToolkitError(f"--steps must be a positive number of steps, got {steps}.")
+    if eval_every < 0:
+        raise ToolkitError(f"--eval-every must be 0 (the learner's default) or a positive number of steps, got {eval_every}.")
+    if eval_episodes < 1:
+        raise ToolkitError(f"--eval-episodes must be at least 1, got {eval_episodes}.")
+    if checkpoint_every < 0:
+        raise ToolkitError(f"--checkpoint-every must be 0 (only at the end) or a positive number of steps, got {checkpoint_every}.")
+    if log_every is not None and log_every < 1:
+        raise ToolkitError(f"--log-every must be a positive number of steps, got {log_every}.")
     _check_ray_options(workers, envs_per_worker, gpus_per_worker)
     spec = registry.learner(agent)
     check_learner_inputs(spec, env, dataset)
@@ -245,15 +253,26 @@ def _dataset_reference(dataset: str | Path | None) -> str | None:
 
 
 def _load_checked_dataset(session: Session) -> Any:
+    """Load the run's dataset and refuse what would break learning (NaN or inf values, shapes
+    that are not the env's), before anything is written; warn when it was recorded on
+    another env id but fits."""
+    from rich.markup import escape
+
+    from toolkit.console import err_console
     from toolkit.data import check_dataset_fits, load_dataset
+    from toolkit.data.validate import check_finite, env_mismatch
 
     assert session.settings.dataset is not None
     data = load_dataset(session.settings.dataset)
+    check_finite(data)
     env = session.make_env()
     try:
         check_dataset_fits(data, env)
     finally:
         env.close()
+    warning = env_mismatch(data, session.settings.env)
+    if warning:
+        err_console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
     return data
 
 
@@ -310,9 +329,11 @@ def make_loop(session: Session, run_dir: Path, progress: bool) -> Any:
 
 def evaluate_run(
     run_dir: Path, episodes: int, video: bool = False, seed: int | None = None,
-    env: str | None = None, env_kwargs: dict[str, Any] | None = None,
+    env: str | None = None, env_kwargs: dict[str, Any] | None = None, checkpoint: str = "latest",
 ) -> tuple[Any, Path, Path | None]:
     """Evaluate an agent run's latest checkpoint; writes ``eval/step-<N>.json`` (and a video).
+    ``checkpoint="best"`` evaluates ``checkpoints/best.pt`` instead (the best periodic
+    evaluation while training) and writes ``eval/best-step-<N>.json``.
 
     ``env`` (with ``env_kwargs``) evaluates the agent in another env than it trained in, e.g.
     an agent trained in a learned world model in the real env; its spaces must fit the agent's."""
@@ -320,18 +341,19 @@ def evaluate_run(
 
     if episodes <= 0:
         raise ToolkitError(f"--episodes must be positive, got {episodes}.")
-    session, step = open_trained_run(run_dir)
+    session, step = open_trained_run(run_dir, checkpoint)
     if session.is_model:
         raise ToolkitError(f"{run_dir} is a model run; evaluate it with evaluate_model_run (`toolkit eval` does).")
+    prefix = "best-" if checkpoint == "best" else ""
     env_id, options = session.settings.env, session.settings.env_options
     if env is not None or env_kwargs:
         env_id, options = _other_env(session, env or env_id, env_kwargs or {})
-    video_path = run_dir / "videos" / f"eval-step{step}.mp4" if video else None
+    video_path = run_dir / "videos" / f"eval-{prefix}step{step}.mp4" if video else None
     eval_seed = session.settings.seed + 2_000_000 if seed is None else seed
     result = evaluate(session.agent, env_id, episodes, eval_seed, session.device, video_path, options=options)
-    name = f"step-{step}.json" if env_id == session.settings.env else f"step-{step}-{env_id.replace('/', '_')}.json"
+    name = f"{prefix}step-{step}.json" if env_id == session.settings.env else f"{prefix}step-{step}-{env_id.replace('/', '_')}.json"
     out = run_dir / "eval" / name
-    write_json(out, {"step": step, "seed": eval_seed, "env": env_id, **result.to_dict(),
+    write_json(out, {"step": step, "checkpoint": checkpoint, "seed": eval_seed, "env": env_id, **result.to_dict(),
                      "video": str(video_path.relative_to(run_dir)) if video_path else None})
     return result, out, video_path
 

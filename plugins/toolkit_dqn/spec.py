@@ -35,23 +35,23 @@ class DQNConfig(OffPolicyConfig):
     ``updates_per_step`` are rl-zoo's ``train_freq`` and ``gradient_steps``.
     """
 
-    buffer_size: int = option(100_000, "Replay buffer capacity in transitions.")
-    batch_size: int = option(64, "Transitions per gradient step.")
-    learning_starts: int = option(1_000, "Env steps of uniformly random actions before learning begins.")
-    train_every: int = option(4, "Env steps between rounds of gradient steps (stable-baselines3's train_freq).")
-    updates_per_step: int = option(2, "Gradient steps per round (stable-baselines3's gradient_steps).")
+    buffer_size: int = option(100_000, "Replay buffer capacity in transitions.", ge=1)
+    batch_size: int = option(64, "Transitions per gradient step.", ge=1)
+    learning_starts: int = option(1_000, "Env steps of uniformly random actions before learning begins.", ge=0)
+    train_every: int = option(4, "Env steps between rounds of gradient steps (stable-baselines3's train_freq).", ge=1)
+    updates_per_step: int = option(2, "Gradient steps per round (stable-baselines3's gradient_steps).", ge=1)
 
-    lr: float = option(1e-3, "Adam learning rate of the Q-network.")
+    lr: float = option(1e-3, "Adam learning rate of the Q-network.", gt=0)
     lr_final: float | None = option(
-        None, "Learning rate reached by a linear decay over lr_decay_updates gradient steps; none keeps lr constant."
+        None, "Learning rate reached by a linear decay over lr_decay_updates gradient steps; none keeps lr constant.", ge=0
     )
-    lr_decay_updates: int = option(25_000, "Gradient steps over which the learning rate decays to lr_final.")
-    gamma: float = option(0.99, "Discount factor.")
+    lr_decay_updates: int = option(25_000, "Gradient steps over which the learning rate decays to lr_final.", ge=1)
+    gamma: float = option(0.99, "Discount factor.", gt=0, le=1)
     hidden_sizes: tuple[int, ...] = option(
-        (64, 64), "Hidden layer widths of the Q-network's MLP on vector features (encoder=mlp, or a pretrained run's latents)."
+        (64, 64), "Hidden layer widths of the Q-network's MLP on vector features (encoder=mlp, or a pretrained run's latents).", ge=1
     )
     cnn_hidden_sizes: tuple[int, ...] = option(
-        (512,), "Hidden layer widths after a convolutional encoder (encoder=nature, the default for images, or impala)."
+        (512,), "Hidden layer widths after a convolutional encoder (encoder=nature, the default for images, or impala).", ge=1
     )
     dueling: bool = option(
         False, "Dueling head (Wang et al. 2016): Q = V(s) + A(s, a) - mean_a A(s, a); the last hidden layer is split in two streams."
@@ -60,53 +60,32 @@ class DQNConfig(OffPolicyConfig):
         True, "Double DQN (van Hasselt et al. 2016): the online network picks the next action, the target network values it."
     )
     n_step: int = option(
-        1, "Steps of reward summed before bootstrapping (n-step returns, cut short at an episode's end); 1 is plain one-step DQN."
+        1, "Steps of reward summed before bootstrapping (n-step returns, cut short at an episode's end); 1 is plain one-step DQN.", ge=1
     )
     target_update_interval: int = option(
-        1, "Gradient steps between target-network updates (e.g. 1000 with tau=1 for Nature DQN's periodic hard copies)."
+        1, "Gradient steps between target-network updates (e.g. 1000 with tau=1 for Nature DQN's periodic hard copies).", ge=1
     )
     tau: float = option(
-        0.02, "Target update rate theta' <- (1 - tau) theta' + tau theta: below 1 (with interval 1) is Polyak averaging, 1 a hard copy."
+        0.02, "Target update rate theta' <- (1 - tau) theta' + tau theta: below 1 (with interval 1) is Polyak averaging, 1 a hard copy.", gt=0, le=1
     )
-    exploration_initial_eps: float = option(1.0, "Epsilon of epsilon-greedy when the agent starts acting.")
-    exploration_final_eps: float = option(0.04, "Epsilon once the linear schedule has ended.")
+    exploration_initial_eps: float = option(1.0, "Epsilon of epsilon-greedy when the agent starts acting.", ge=0, le=1)
+    exploration_final_eps: float = option(0.04, "Epsilon once the linear schedule has ended.", ge=0, le=1)
     exploration_steps: int = option(
-        7_000, "Acting steps over which epsilon decays linearly (counted from learning_starts, when the agent starts acting)."
+        7_000, "Acting steps over which epsilon decays linearly (counted from learning_starts, when the agent starts acting).", ge=0
     )
-    max_grad_norm: float | None = option(10.0, "Clip the gradient's global norm to this value; none disables clipping.")
+    max_grad_norm: float | None = option(10.0, "Clip the gradient's global norm to this value; none disables clipping.", gt=0)
     clip_rewards: bool = option(False, "Clip rewards to [-1, 1] in the update, as Nature DQN does on Atari.")
     encoder: str = encoder_option("Part of the Q-network: the target network has its own copy.")
     encoder_trainable: bool = encoder_trainable_option()
 
     def validate(self) -> None:
-        """Raise ValueError for settings that cannot work."""
+        """Raise ValueError for settings that cannot work together (each field's bounds are declared on it)."""
         super().validate()
         check_encoder(self.encoder)
-        if not 0.0 < self.gamma <= 1.0:
-            raise ValueError(f"gamma must lie in (0, 1], got {self.gamma}")
-        if not 0.0 < self.tau <= 1.0:
-            raise ValueError(f"tau must lie in (0, 1], got {self.tau}")
-        if self.lr <= 0:
-            raise ValueError(f"lr must be positive, got {self.lr}")
-        if self.lr_final is not None and not 0.0 <= self.lr_final <= self.lr:
-            raise ValueError(f"lr_final must lie in [0, lr], got {self.lr_final}")
-        if self.lr_decay_updates <= 0:
-            raise ValueError(f"lr_decay_updates must be positive, got {self.lr_decay_updates}")
-        if self.target_update_interval <= 0:
-            raise ValueError(f"target_update_interval must be positive, got {self.target_update_interval}")
-        for name in ("exploration_initial_eps", "exploration_final_eps"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"{name} must lie in [0, 1], got {getattr(self, name)}")
-        if self.exploration_steps < 0:
-            raise ValueError(f"exploration_steps must be >= 0, got {self.exploration_steps}")
-        if self.max_grad_norm is not None and self.max_grad_norm <= 0:
-            raise ValueError(f"max_grad_norm must be positive or none, got {self.max_grad_norm}")
-        if any(w <= 0 for w in (*self.hidden_sizes, *self.cnn_hidden_sizes)):
-            raise ValueError("hidden_sizes and cnn_hidden_sizes must hold positive widths")
+        if self.lr_final is not None and self.lr_final > self.lr:
+            raise ValueError(f"lr_final={self.lr_final} must not exceed lr={self.lr} (the schedule decays)")
         if self.dueling and not (self.hidden_sizes and self.cnn_hidden_sizes):
             raise ValueError("dueling needs at least one hidden layer to split into value and advantage streams")
-        if self.n_step < 1:
-            raise ValueError(f"n_step must be >= 1, got {self.n_step}")
 
 
 @dataclass(frozen=True)

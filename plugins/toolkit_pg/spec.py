@@ -20,20 +20,20 @@ from toolkit.registry import AgentSpec
 class PolicyGradientConfig(OnPolicyConfig):
     """Settings every policy-gradient agent shares: networks, optimiser, discount, loss weights."""
 
-    lr: float = option(3e-4, "Learning rate of the optimiser.")
+    lr: float = option(3e-4, "Learning rate of the optimiser.", gt=0)
     lr_schedule: Literal["constant", "linear"] = option(
         "constant", "Keep lr constant, or decay it linearly to 0 over lr_decay_steps env steps."
     )
     lr_decay_steps: int = option(
-        1_000_000, "Env steps over which a linear lr_schedule reaches 0 (each update counts num_envs * rollout_steps)."
+        1_000_000, "Env steps over which a linear lr_schedule reaches 0 (each update counts num_envs * rollout_steps).", ge=1
     )
-    gamma: float = option(0.99, "Discount factor.")
-    hidden_sizes: tuple[int, ...] = option((64, 64), "Hidden layer widths of the policy and value networks.")
+    gamma: float = option(0.99, "Discount factor.", gt=0, le=1)
+    hidden_sizes: tuple[int, ...] = option((64, 64), "Hidden layer widths of the policy and value networks.", ge=1, nonempty=True)
     activation: Literal["tanh", "relu"] = option("tanh", "Activation between hidden layers.")
     shared_network: bool = option(False, "One torso with a policy head and a value head, instead of two networks.")
-    ent_coef: float = option(0.0, "Weight of the entropy bonus in the loss.")
-    vf_coef: float = option(0.5, "Weight of the value (baseline) loss in the loss.")
-    max_grad_norm: float | None = option(0.5, "Clip the gradient's global norm to this (None: no clipping).")
+    ent_coef: float = option(0.0, "Weight of the entropy bonus in the loss.", ge=0)
+    vf_coef: float = option(0.5, "Weight of the value (baseline) loss in the loss.", ge=0)
+    max_grad_norm: float | None = option(0.5, "Clip the gradient's global norm to this (None: no clipping).", gt=0)
     normalize_advantage: bool = option(False, "Standardise advantages (zero mean, unit std) before the policy loss.")
     normalize_obs: bool = option(False, "Standardise observations with running statistics (kept in checkpoints).")
     init_log_std: float = option(0.0, "Box actions: initial log standard deviation of the Gaussian policy.")
@@ -41,33 +41,23 @@ class PolicyGradientConfig(OnPolicyConfig):
     encoder_trainable: bool = encoder_trainable_option()
 
     def validate(self) -> None:
-        """Raise ValueError for settings that cannot work."""
+        """Raise ValueError for settings that cannot work together (each field's bounds are declared on it)."""
         super().validate()
         check_encoder(self.encoder)
-        if not 0.0 < self.gamma <= 1.0:
-            raise ValueError(f"gamma must lie in (0, 1], got {self.gamma}")
-        if self.lr <= 0:
-            raise ValueError(f"lr must be positive, got {self.lr}")
-        if self.lr_decay_steps <= 0:
-            raise ValueError(f"lr_decay_steps must be positive, got {self.lr_decay_steps}")
-        if not self.hidden_sizes or any(h <= 0 for h in self.hidden_sizes):
-            raise ValueError(f"hidden_sizes must be positive widths, got {self.hidden_sizes}")
-        if self.max_grad_norm is not None and self.max_grad_norm <= 0:
-            raise ValueError(f"max_grad_norm must be positive or none, got {self.max_grad_norm}")
 
 
 @dataclass(frozen=True)
 class ReinforceConfig(PolicyGradientConfig):
     """REINFORCE with a learned baseline: one gradient step per batch of whole episodes."""
 
-    num_envs: int = option(8, "Environments stepped side by side; each rollout holds their whole episodes.")
+    num_envs: int = option(8, "Environments stepped side by side; each rollout holds their whole episodes.", ge=1)
     rollout_steps: int = option(
-        1, "Steps per environment before the rollout may end, each env then finishing its episode (1: one episode each)."
+        1, "Steps per environment before the rollout may end, each env then finishing its episode (1: one episode each).", ge=1
     )
     complete_episodes: bool = option(True, "Whole-episode returns: extend each rollout until every episode has ended.")
-    lr: float = option(1e-3, "Adam learning rate of policy and baseline.")
-    ent_coef: float = option(0.01, "Weight of the entropy bonus in the loss.")
-    vf_coef: float = option(0.5, "Weight of the baseline's squared error in the loss.")
+    lr: float = option(1e-3, "Adam learning rate of policy and baseline.", gt=0)
+    ent_coef: float = option(0.01, "Weight of the entropy bonus in the loss.", ge=0)
+    vf_coef: float = option(0.5, "Weight of the baseline's squared error in the loss.", ge=0)
     normalize_advantage: bool = option(True, "Standardise G_t - b(s_t) within the batch (reduces the gradient's variance).")
 
 
@@ -75,46 +65,34 @@ class ReinforceConfig(PolicyGradientConfig):
 class A2CConfig(PolicyGradientConfig):
     """Advantage actor-critic (synchronous A3C); defaults follow stable-baselines3's A2C."""
 
-    num_envs: int = option(8, "Environments stepped side by side (the synchronous workers).")
-    rollout_steps: int = option(5, "Steps per environment between updates (the n of n-step returns).")
-    lr: float = option(7e-4, "Learning rate (stable-baselines3: 7e-4).")
+    num_envs: int = option(8, "Environments stepped side by side (the synchronous workers).", ge=1)
+    rollout_steps: int = option(5, "Steps per environment between updates (the n of n-step returns).", ge=1)
+    lr: float = option(7e-4, "Learning rate (stable-baselines3: 7e-4).", gt=0)
     advantage: Literal["n-step", "gae"] = option(
         "n-step", "Advantage estimate: n-step returns minus V(s), or GAE(lambda) with gae_lambda."
     )
-    gae_lambda: float = option(0.95, "lambda of GAE when advantage=gae.")
+    gae_lambda: float = option(0.95, "lambda of GAE when advantage=gae.", ge=0, le=1)
     optimizer: Literal["rmsprop", "adam"] = option("rmsprop", "Optimiser (the A3C paper and stable-baselines3 use RMSprop).")
-
-    def validate(self) -> None:
-        """Raise ValueError for settings that cannot work."""
-        super().validate()
-        if not 0.0 <= self.gae_lambda <= 1.0:
-            raise ValueError(f"gae_lambda must lie in [0, 1], got {self.gae_lambda}")
 
 
 @dataclass(frozen=True)
 class PPOConfig(PolicyGradientConfig):
     """Proximal Policy Optimisation with the clipped surrogate; defaults follow the paper and stable-baselines3."""
 
-    num_envs: int = option(8, "Environments stepped side by side.")
-    rollout_steps: int = option(256, "Steps per environment in each rollout (num_envs * rollout_steps per update).")
-    minibatch_size: int = option(64, "Transitions per gradient step; must divide num_envs * rollout_steps.")
-    epochs: int = option(10, "Passes over each rollout.")
-    gae_lambda: float = option(0.95, "lambda of the GAE(lambda) advantage estimate.")
-    clip_range: float = option(0.2, "epsilon of the clipped surrogate: ratios are clipped to [1-eps, 1+eps].")
+    num_envs: int = option(8, "Environments stepped side by side.", ge=1)
+    rollout_steps: int = option(256, "Steps per environment in each rollout (num_envs * rollout_steps per update).", ge=1)
+    minibatch_size: int = option(64, "Transitions per gradient step; must divide num_envs * rollout_steps.", ge=1)
+    epochs: int = option(10, "Passes over each rollout.", ge=1)
+    gae_lambda: float = option(0.95, "lambda of the GAE(lambda) advantage estimate.", ge=0, le=1)
+    clip_range: float = option(0.2, "epsilon of the clipped surrogate: ratios are clipped to [1-eps, 1+eps].", gt=0)
     clip_range_vf: float | None = option(
-        None, "Clip the value prediction's change from its rollout value to this (None: no value clipping)."
+        None, "Clip the value prediction's change from its rollout value to this (None: no value clipping).", gt=0
     )
     normalize_advantage: bool = option(True, "Standardise advantages within each minibatch.")
 
     def validate(self) -> None:
-        """Raise ValueError for settings that cannot work."""
+        """Raise ValueError for settings that cannot work together (each field's bounds are declared on it)."""
         super().validate()
-        if not 0.0 <= self.gae_lambda <= 1.0:
-            raise ValueError(f"gae_lambda must lie in [0, 1], got {self.gae_lambda}")
-        if self.clip_range <= 0 or (self.clip_range_vf is not None and self.clip_range_vf <= 0):
-            raise ValueError("clip_range and clip_range_vf must be positive")
-        if self.epochs <= 0 or self.minibatch_size <= 0:
-            raise ValueError("epochs and minibatch_size must be positive")
         rollout = self.num_envs * self.rollout_steps
         if not self.complete_episodes and rollout % self.minibatch_size:
             raise ValueError(minibatch_advice(self.num_envs, self.rollout_steps, self.minibatch_size))

@@ -18,13 +18,13 @@ from toolkit.registry import AgentSpec
 class SACConfig(OffPolicyConfig):
     """Soft Actor-Critic settings; defaults follow Haarnoja et al. (2018) for MuJoCo."""
 
-    lr: float = option(3e-4, "Adam learning rate of actor, critics and temperature (paper: 3e-4).")
-    critic_lr: float | None = option(None, "Critic learning rate, if it should differ from lr.")
-    gamma: float = option(0.99, "Discount factor.")
-    tau: float = option(0.005, "Polyak averaging rate of the target critics.")
-    hidden_sizes: tuple[int, ...] = option((256, 256), "Hidden layer widths of actor and critics.")
+    lr: float = option(3e-4, "Adam learning rate of actor, critics and temperature (paper: 3e-4).", gt=0)
+    critic_lr: float | None = option(None, "Critic learning rate, if it should differ from lr.", gt=0)
+    gamma: float = option(0.99, "Discount factor.", gt=0, le=1)
+    tau: float = option(0.005, "Polyak averaging rate of the target critics.", gt=0, le=1)
+    hidden_sizes: tuple[int, ...] = option((256, 256), "Hidden layer widths of actor and critics.", ge=1, nonempty=True)
     autotune_alpha: bool = option(True, "Tune the entropy temperature alpha to reach target_entropy.")
-    alpha: float = option(1.0, "Initial (or, without autotuning, fixed) entropy temperature.")
+    alpha: float = option(1.0, "Initial (or, without autotuning, fixed) entropy temperature.", gt=0)
     target_entropy: float | None = option(None, "Entropy target; None means -dim(action space).")
     encoder: str = encoder_option("Shared by actor and critics, trained by the critic loss (DrQ).")
     encoder_trainable: bool = encoder_trainable_option()
@@ -33,15 +33,9 @@ class SACConfig(OffPolicyConfig):
     )
 
     def validate(self) -> None:
-        """Raise ValueError for settings that cannot work."""
+        """Raise ValueError for settings that cannot work together (each field's bounds are declared on it)."""
         super().validate()
         check_encoder(self.encoder)
-        if not 0.0 < self.gamma <= 1.0:
-            raise ValueError(f"gamma must lie in (0, 1], got {self.gamma}")
-        if not 0.0 < self.tau <= 1.0:
-            raise ValueError(f"tau must lie in (0, 1], got {self.tau}")
-        if self.alpha <= 0:
-            raise ValueError(f"alpha must be positive, got {self.alpha}")
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from toolkit.config import option
+from toolkit.config import check_fields, option
 from toolkit.registry import ModelSpec
 
 
@@ -23,32 +23,21 @@ class VisionConfig:
         "mlp", "Encoder and decoder family: 'mlp' (flattened inputs) or 'conv' (images only; ConvEncoder/ConvDecoder)."
     )
     hidden_sizes: tuple[int, ...] = option(
-        (512, 256), "Hidden widths of the MLP encoder; the decoder mirrors them. Unused with encoder=conv."
+        (512, 256), "Hidden widths of the MLP encoder; the decoder mirrors them. Unused with encoder=conv.", ge=1, nonempty=True
     )
-    lr: float = option(1e-3, "Adam learning rate.")
-    batch_size: int = option(128, "Examples per gradient step.")
+    lr: float = option(1e-3, "Adam learning rate.", gt=0)
+    batch_size: int = option(128, "Examples per gradient step.", ge=1)
 
     def validate(self) -> None:
-        """Raise ValueError for settings that cannot work."""
-        if self.lr <= 0:
-            raise ValueError(f"lr must be positive, got {self.lr}")
-        if self.batch_size <= 0:
-            raise ValueError(f"batch_size must be positive, got {self.batch_size}")
-        if not self.hidden_sizes or any(w <= 0 for w in self.hidden_sizes):
-            raise ValueError(f"hidden_sizes must hold at least one positive width, got {self.hidden_sizes}")
+        """Raise ValueError for settings that cannot work together (each field's bounds are declared on it)."""
+        check_fields(self)
 
 
 @dataclass(frozen=True)
 class AEConfig(VisionConfig):
     """Autoencoder: a deterministic code of ``latent_dim`` numbers, trained to reconstruct."""
 
-    latent_dim: int = option(16, "Size of the latent code.")
-
-    def validate(self) -> None:
-        """Raise ValueError for settings that cannot work."""
-        super().validate()
-        if self.latent_dim <= 0:
-            raise ValueError(f"latent_dim must be positive, got {self.latent_dim}")
+    latent_dim: int = option(16, "Size of the latent code.", ge=1)
 
 
 @dataclass(frozen=True)
@@ -59,15 +48,13 @@ class DAEConfig(AEConfig):
         "masking", "Corruption: 'masking' zeroes each input value with probability noise_level (the paper's); "
         "'gaussian' adds N(0, noise_level^2) and clips to [0, 1]."
     )
-    noise_level: float = option(0.3, "Drop probability (masking) or noise standard deviation (gaussian).")
+    noise_level: float = option(0.3, "Drop probability (masking) or noise standard deviation (gaussian).", gt=0)
 
     def validate(self) -> None:
-        """Raise ValueError for settings that cannot work."""
+        """Raise ValueError for settings that cannot work together (each field's bounds are declared on it)."""
         super().validate()
-        if self.noise == "masking" and not 0.0 < self.noise_level < 1.0:
+        if self.noise == "masking" and not self.noise_level < 1.0:
             raise ValueError(f"noise_level is a drop probability with noise=masking and must lie in (0, 1), got {self.noise_level}")
-        if self.noise == "gaussian" and not self.noise_level > 0.0:
-            raise ValueError(f"noise_level is a standard deviation with noise=gaussian and must be positive, got {self.noise_level}")
 
 
 @dataclass(frozen=True)
@@ -75,17 +62,9 @@ class MAEConfig(AEConfig):
     """Masked autoencoder (He et al. 2022), scaled down: reconstruct hidden patches from visible ones."""
 
     patch_size: int = option(
-        2, "Side of the square patches (it must divide the image height and width); for vectors, the chunk length."
+        2, "Side of the square patches (it must divide the image height and width); for vectors, the chunk length.", ge=1
     )
-    mask_ratio: float = option(0.5, "Fraction of patches hidden in each training example (paper: 0.75 on ImageNet).")
-
-    def validate(self) -> None:
-        """Raise ValueError for settings that cannot work."""
-        super().validate()
-        if self.patch_size <= 0:
-            raise ValueError(f"patch_size must be positive, got {self.patch_size}")
-        if not 0.0 < self.mask_ratio < 1.0:
-            raise ValueError(f"mask_ratio must lie in (0, 1), got {self.mask_ratio}")
+    mask_ratio: float = option(0.5, "Fraction of patches hidden in each training example (paper: 0.75 on ImageNet).", gt=0, lt=1)
 
 
 @dataclass(frozen=True)
@@ -96,17 +75,13 @@ class VAEConfig(AEConfig):
         "bernoulli", "p(x|z): 'bernoulli' on [0, 1] values, or 'gaussian' with a learned per-value standard "
         "deviation (shared by all examples, floored at 0.01)."
     )
-    beta: float = option(1.0, "Weight of the KL term in the training loss (1 is the ELBO; beta-VAE uses more).")
+    beta: float = option(1.0, "Weight of the KL term in the training loss (1 is the ELBO; beta-VAE uses more).", ge=0)
     prior: str = option("normal:0,1", "Prior over latents, NAME:ARGS: normal:M,S (mean, std) or mixture:K (learned).")
-    kl_samples: int = option(1, "Posterior samples per example for Monte-Carlo KL (priors without a closed form).")
+    kl_samples: int = option(1, "Posterior samples per example for Monte-Carlo KL (priors without a closed form).", ge=1)
 
     def validate(self) -> None:
-        """Raise ValueError for settings that cannot work."""
+        """Raise ValueError for a prior that cannot be built (each field's bounds are declared on it)."""
         super().validate()
-        if not self.beta >= 0:
-            raise ValueError(f"beta must be non-negative, got {self.beta}")
-        if self.kl_samples < 1:
-            raise ValueError(f"kl_samples must be at least 1, got {self.kl_samples}")
         from toolkit.nn.priors import check_prior  # imports torch: only when validating
 
         check_prior(self.prior)
@@ -117,7 +92,7 @@ class BetaVAEConfig(VAEConfig):
     """beta-VAE (Higgins et al. 2017): the VAE with the KL term weighted up, for disentangling."""
 
     beta: float = option(
-        4.0, "Weight of the KL term in the training loss; beta > 1 trades reconstruction for a more factorised code."
+        4.0, "Weight of the KL term in the training loss; beta > 1 trades reconstruction for a more factorised code.", ge=0
     )
 
 
@@ -125,12 +100,12 @@ class BetaVAEConfig(VAEConfig):
 class CategoricalVAEConfig(VisionConfig):
     """VAE with discrete latents relaxed by Gumbel-softmax (Jang et al. 2017)."""
 
-    latent_vars: int = option(20, "Number N of categorical latent variables.")
-    categories: int = option(10, "Categories K of each variable; probes see N*K softmax probabilities.")
-    tau0: float = option(1.0, "Initial Gumbel-softmax temperature (paper: 1.0).")
-    tau_min: float = option(0.5, "Floor of the annealed temperature (paper: 0.5).")
+    latent_vars: int = option(20, "Number N of categorical latent variables.", ge=1)
+    categories: int = option(10, "Categories K of each variable; probes see N*K softmax probabilities.", ge=2)
+    tau0: float = option(1.0, "Initial Gumbel-softmax temperature (paper: 1.0).", gt=0)
+    tau_min: float = option(0.5, "Floor of the annealed temperature (paper: 0.5).", gt=0)
     anneal_rate: float = option(
-        1e-4, "Temperature schedule tau = max(tau_min, tau0 * exp(-anneal_rate * step)); paper: 3e-5 over ~100k steps."
+        1e-4, "Temperature schedule tau = max(tau_min, tau0 * exp(-anneal_rate * step)); paper: 3e-5 over ~100k steps.", ge=0
     )
     straight_through: bool = option(
         True,
@@ -139,18 +114,10 @@ class CategoricalVAEConfig(VisionConfig):
     )
 
     def validate(self) -> None:
-        """Raise ValueError for settings that cannot work."""
+        """Raise ValueError for settings that cannot work together (each field's bounds are declared on it)."""
         super().validate()
-        if self.latent_vars < 1:
-            raise ValueError(f"latent_vars must be at least 1, got {self.latent_vars}")
-        if self.categories < 2:
-            raise ValueError(f"categories must be at least 2, got {self.categories}")
-        if not self.tau0 > 0 or not self.tau_min > 0:
-            raise ValueError(f"tau0 and tau_min must be positive, got tau0={self.tau0}, tau_min={self.tau_min}")
         if self.tau_min > self.tau0:
             raise ValueError(f"tau_min ({self.tau_min}) must not exceed tau0 ({self.tau0})")
-        if self.anneal_rate < 0:
-            raise ValueError(f"anneal_rate must be non-negative, got {self.anneal_rate}")
 
 
 AE = ModelSpec(
@@ -223,43 +190,30 @@ class ClassifierConfig:
         "Morin & Bengio 2005; Mikolov et al. 2013) or 'adaptive' (frequent classes in a head cluster, rare ones "
         "in smaller tail clusters, Grave et al. 2017). Evaluation always scores the exact, normalised probabilities.",
     )
-    tau0: float = option(1.0, "head=gumbel: initial Gumbel-softmax temperature.")
-    tau_min: float = option(0.5, "head=gumbel: floor of the annealed temperature.")
+    tau0: float = option(1.0, "head=gumbel: initial Gumbel-softmax temperature.", gt=0)
+    tau_min: float = option(0.5, "head=gumbel: floor of the annealed temperature.", gt=0)
     anneal_rate: float = option(
-        1e-4, "head=gumbel: temperature schedule tau = max(tau_min, tau0 * exp(-anneal_rate * step))."
+        1e-4, "head=gumbel: temperature schedule tau = max(tau_min, tau0 * exp(-anneal_rate * step)).", ge=0
     )
     straight_through: bool = option(
         True, "head=gumbel: one-hot samples forward and relaxed gradients backward (false: train on the relaxed sample)."
     )
     cutoffs: tuple[int, ...] = option(
-        (), "head=adaptive: increasing class-rank cut-offs between the clusters; empty chooses them from the class counts."
+        (), "head=adaptive: increasing class-rank cut-offs between the clusters; empty chooses them from the class counts.", ge=1
     )
-    div_value: float = option(4.0, "head=adaptive: each tail cluster's projection is this many times narrower than the last.")
-    lr: float = option(1e-3, "Adam learning rate.")
-    batch_size: int = option(128, "Examples per gradient step.")
-    weight_decay: float = option(0.0, "L2 penalty on every weight, added to the gradient by Adam (0 turns it off).")
-    dropout: float = option(0.0, "Dropout probability after each hidden fully connected layer (0 turns it off).")
+    div_value: float = option(4.0, "head=adaptive: each tail cluster's projection is this many times narrower than the last.", ge=1)
+    lr: float = option(1e-3, "Adam learning rate.", gt=0)
+    batch_size: int = option(128, "Examples per gradient step.", ge=1)
+    weight_decay: float = option(0.0, "L2 penalty on every weight, added to the gradient by Adam (0 turns it off).", ge=0)
+    dropout: float = option(0.0, "Dropout probability after each hidden fully connected layer (0 turns it off).", ge=0, lt=1)
 
     def validate(self) -> None:
-        """Raise ValueError for settings that cannot work."""
-        if self.lr <= 0:
-            raise ValueError(f"lr must be positive, got {self.lr}")
-        if self.batch_size <= 0:
-            raise ValueError(f"batch_size must be positive, got {self.batch_size}")
-        if self.weight_decay < 0:
-            raise ValueError(f"weight_decay must be non-negative, got {self.weight_decay}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must lie in [0, 1), got {self.dropout}")
-        if not self.tau0 > 0 or not self.tau_min > 0:
-            raise ValueError(f"tau0 and tau_min must be positive, got tau0={self.tau0}, tau_min={self.tau_min}")
+        """Raise ValueError for settings that cannot work together (each field's bounds are declared on it)."""
+        check_fields(self)
         if self.tau_min > self.tau0:
             raise ValueError(f"tau_min ({self.tau_min}) must not exceed tau0 ({self.tau0})")
-        if self.anneal_rate < 0:
-            raise ValueError(f"anneal_rate must be non-negative, got {self.anneal_rate}")
-        if any(c <= 0 for c in self.cutoffs) or list(self.cutoffs) != sorted(set(self.cutoffs)):
-            raise ValueError(f"cutoffs must be positive and strictly increasing, got {self.cutoffs}")
-        if not self.div_value >= 1.0:
-            raise ValueError(f"div_value must be at least 1, got {self.div_value}")
+        if list(self.cutoffs) != sorted(set(self.cutoffs)):
+            raise ValueError(f"cutoffs must be strictly increasing, got {self.cutoffs}")
 
 
 @dataclass(frozen=True)
@@ -268,37 +222,19 @@ class VGG11Config(ClassifierConfig):
 
     width: int = option(
         0, "Channels of the first convolution; the later ones keep VGG's ratios (x1, 2, 4, 4, 8, 8, 8, 8). "
-        "0 chooses from the image size: 64 (VGG's) for 32 px and more, 16 below (CPU-sized for MNIST and digits)."
+        "0 chooses from the image size: 64 (VGG's) for 32 px and more, 16 below (CPU-sized for MNIST and digits).", ge=0
     )
-    hidden: int = option(256, "Width of the hidden fully connected layer between the convolutions and the head.")
-    dropout: float = option(0.5, "Dropout probability after the hidden fully connected layer (VGG's 0.5).")
-    batch_size: int = option(64, "Examples per gradient step (at least 2: batch norm needs a batch).")
-
-    def validate(self) -> None:
-        """Raise ValueError for settings that cannot work."""
-        super().validate()
-        if self.width < 0:
-            raise ValueError(f"width must be positive, or 0 to choose it from the image size; got {self.width}")
-        if self.hidden <= 0:
-            raise ValueError(f"hidden must be positive, got {self.hidden}")
-        if self.batch_size < 2:
-            raise ValueError(f"batch_size must be at least 2 for batch norm's batch statistics, got {self.batch_size}")
+    hidden: int = option(256, "Width of the hidden fully connected layer between the convolutions and the head.", ge=1)
+    dropout: float = option(0.5, "Dropout probability after the hidden fully connected layer (VGG's 0.5).", ge=0, lt=1)
+    batch_size: int = option(64, "Examples per gradient step (at least 2: batch norm needs a batch).", ge=2)
 
 
 @dataclass(frozen=True)
 class CNNConfig(ClassifierConfig):
     """A small convolutional classifier: 3x3 convolutions with ReLU and 2x2 max-pooling, then one hidden layer."""
 
-    channels: tuple[int, ...] = option((32, 64), "Output channels of each 3x3 convolution (each followed by ReLU and a 2x2 max-pool).")
-    hidden: int = option(128, "Width of the hidden fully connected layer between the convolutions and the head.")
-
-    def validate(self) -> None:
-        """Raise ValueError for settings that cannot work."""
-        super().validate()
-        if not self.channels or any(c <= 0 for c in self.channels):
-            raise ValueError(f"channels must hold at least one positive width, got {self.channels}")
-        if self.hidden <= 0:
-            raise ValueError(f"hidden must be positive, got {self.hidden}")
+    channels: tuple[int, ...] = option((32, 64), "Output channels of each 3x3 convolution (each followed by ReLU and a 2x2 max-pool).", ge=1, nonempty=True)
+    hidden: int = option(128, "Width of the hidden fully connected layer between the convolutions and the head.", ge=1)
 
 
 @dataclass(frozen=True)
@@ -306,14 +242,8 @@ class MLPClassifierConfig(ClassifierConfig):
     """A multilayer perceptron on the flattened input: images or vectors."""
 
     hidden_sizes: tuple[int, ...] = option(
-        (256, 128), "Widths of the hidden fully connected layers (ReLU after each); empty is a linear classifier."
+        (256, 128), "Widths of the hidden fully connected layers (ReLU after each); empty is a linear classifier.", ge=1
     )
-
-    def validate(self) -> None:
-        """Raise ValueError for settings that cannot work."""
-        super().validate()
-        if any(w <= 0 for w in self.hidden_sizes):
-            raise ValueError(f"hidden_sizes must be positive widths, got {self.hidden_sizes}")
 
 
 VGG11 = ModelSpec(

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from toolkit.config import option
+from toolkit.config import check_fields, option
 from toolkit.registry import ModelSpec
 
 
@@ -22,48 +22,39 @@ class WorldModelConfig:
         "", "A trained `vae` or `beta-vae` run directory whose VAE becomes V, frozen: phase 1 is skipped and the "
         "V settings below (latent_dim, encoder, hidden_sizes, likelihood, vae_*) are taken from that run."
     )
-    latent_dim: int = option(32, "Size of V's latent z (paper: 32).")
+    latent_dim: int = option(32, "Size of V's latent z (paper: 32).", ge=1)
     encoder: Literal["auto", "conv", "mlp"] = option(
         "auto", "V's encoder/decoder family: 'conv' for images and 'mlp' for vectors ('auto'), or force one."
     )
-    hidden_sizes: tuple[int, ...] = option((512, 256), "Hidden widths of V's MLP encoder (encoder=mlp only).")
+    hidden_sizes: tuple[int, ...] = option((512, 256), "Hidden widths of V's MLP encoder (encoder=mlp only).", ge=1, nonempty=True)
     likelihood: Literal["bernoulli", "gaussian"] = option(
         "bernoulli", "V's p(x|z): 'bernoulli' cross-entropy, or 'gaussian' with a learned per-pixel std."
     )
     kl_tolerance: float = option(
         0.5, "Free bits of V, as the paper: its KL term counts only above kl_tolerance * latent_dim nats per frame, "
-        "so V can use that much information for free instead of collapsing onto the mean frame (0: the plain ELBO)."
+        "so V can use that much information for free instead of collapsing onto the mean frame (0: the plain ELBO).", ge=0
     )
-    vae_steps: int = option(2_000, "Phase 1: gradient steps on V before M trains; they count in --steps.")
-    vae_batch_size: int = option(64, "Frames per gradient step of V.")
-    vae_lr: float = option(1e-3, "Adam learning rate of V.")
+    vae_steps: int = option(2_000, "Phase 1: gradient steps on V before M trains; they count in --steps.", ge=0)
+    vae_batch_size: int = option(64, "Frames per gradient step of V.", ge=1)
+    vae_lr: float = option(1e-3, "Adam learning rate of V.", gt=0)
     # --- M: the memory model ------------------------------------------------------------------
-    hidden: int = option(256, "LSTM hidden units of the MDN-RNN (paper: 256 for CarRacing); h is part of the dream's observation.")
-    mixtures: int = option(5, "Gaussians in the mixture over each latent dimension of z_{t+1} (paper: 5).")
-    seq_len: int = option(32, "Steps in each training window of M (windows stay inside one episode).")
-    batch_size: int = option(32, "Windows per gradient step of M.")
-    lr: float = option(1e-3, "Adam learning rate of M.")
+    hidden: int = option(256, "LSTM hidden units of the MDN-RNN (paper: 256 for CarRacing); h is part of the dream's observation.", ge=1)
+    mixtures: int = option(5, "Gaussians in the mixture over each latent dimension of z_{t+1} (paper: 5).", ge=1)
+    seq_len: int = option(32, "Steps in each training window of M (windows stay inside one episode).", ge=1)
+    batch_size: int = option(32, "Windows per gradient step of M.", ge=1)
+    lr: float = option(1e-3, "Adam learning rate of M.", gt=0)
     z_source: Literal["sample", "mean"] = option(
         "sample", "The z that M learns from: a fresh sample of V's posterior per window (the paper's), or its mean."
     )
-    reward_weight: float = option(1.0, "Weight of the reward head's squared error in M's loss.")
-    termination_weight: float = option(1.0, "Weight of the termination head's cross-entropy in M's loss.")
-    grad_clip: float = option(1.0, "Largest global norm of M's gradient (0: no clipping).")
+    reward_weight: float = option(1.0, "Weight of the reward head's squared error in M's loss.", ge=0)
+    termination_weight: float = option(1.0, "Weight of the termination head's cross-entropy in M's loss.", ge=0)
+    grad_clip: float = option(1.0, "Largest global norm of M's gradient (0: no clipping).", ge=0)
+
 
     def validate(self) -> None:
-        """Raise ValueError for settings that cannot work."""
-        for name in ("latent_dim", "vae_batch_size", "hidden", "mixtures", "seq_len", "batch_size"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        if self.vae_steps < 0:
-            raise ValueError(f"vae_steps must be non-negative, got {self.vae_steps}")
-        if not self.lr > 0 or not self.vae_lr > 0:
-            raise ValueError(f"lr and vae_lr must be positive, got lr={self.lr}, vae_lr={self.vae_lr}")
-        if not self.hidden_sizes or any(w <= 0 for w in self.hidden_sizes):
-            raise ValueError(f"hidden_sizes must hold at least one positive width, got {self.hidden_sizes}")
-        for name in ("kl_tolerance", "reward_weight", "termination_weight", "grad_clip"):
-            if not getattr(self, name) >= 0:
-                raise ValueError(f"{name} must be non-negative, got {getattr(self, name)}")
+        """Raise ValueError for settings that cannot work: no rules tie fields together here,
+        so this only checks the bounds declared on each field."""
+        check_fields(self)
 
 
 WORLD_MODEL = ModelSpec(

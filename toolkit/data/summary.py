@@ -1,13 +1,15 @@
-"""What `toolkit dataset info` reports about a dataset: size, episodes, returns, scores."""
+"""What `toolkit dataset info` reports about a dataset: size, episodes, returns, scores, and
+any NaN or infinite values (which training refuses)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from toolkit.data.dataset import OfflineDataset
 from toolkit.data.scores import normalized_score
+from toolkit.data.validate import NonFinite, find_nonfinite
 
 
 @dataclass
@@ -39,6 +41,8 @@ class DatasetSummary:
     returns: Stats
     env_id: str | None
     scores: Stats | None
+    #: Keys holding NaN or infinite values; empty for a dataset fit to train on.
+    nonfinite: list[NonFinite] = field(default_factory=list)
 
     @property
     def episodes(self) -> int:
@@ -66,4 +70,5 @@ def summarize(dataset: OfflineDataset, env_id: str | None = None) -> DatasetSumm
         returns=Stats.of(returns),
         env_id=env_id,
         scores=None if scores is None else Stats.of(scores),
+        nonfinite=find_nonfinite(dataset),
     )

@@ -2,12 +2,15 @@
 
 Both readers (D4RL HDF5 and Minari) end here, so a dataset is checked the same way whatever
 its format: the required keys are present, every key has one row per transition, and there is
-at least one transition.
+at least one transition. A dataset that loads may still hold NaN or infinite values:
+:func:`find_nonfinite` finds them (`toolkit dataset info` reports them) and
+:func:`check_finite` refuses such a dataset for training.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -87,4 +90,74 @@ def build_dataset(
         infos={k: np.asarray(v) for k, v in (infos or {}).items() if np.ndim(v) and np.shape(v)[0] == rows},
         source=source,
         metadata=dict(metadata or {}),
+    )
+
+
+#: The keys learning reads as numbers; a NaN or inf in any of them ends as a NaN loss.
+NUMERIC_KEYS = ("observations", "actions", "rewards", "next_observations")
+
+#: Rows scanned at a time, so that checking a large dataset needs little extra memory.
+_CHUNK_ROWS = 65_536
+
+
+@dataclass(frozen=True)
+class NonFinite:
+    """Where a dataset key holds NaN or infinite values."""
+
+    key: str
+    #: Index of the first row holding one.
+    first_row: int
+    #: How many values (not rows) are NaN or infinite.
+    count: int
+
+
+def find_nonfinite(dataset: OfflineDataset) -> list[NonFinite]:
+    """Every numeric key of ``dataset`` that holds NaN or inf, in :data:`NUMERIC_KEYS` order."""
+    found = []
+    for key in NUMERIC_KEYS:
+        array = getattr(dataset, key)
+        if array is None or not np.issubdtype(array.dtype, np.floating):
+            continue  # integer pixels and discrete actions cannot be NaN
+        first, count = -1, 0
+        for start in range(0, len(array), _CHUNK_ROWS):
+            bad = ~np.isfinite(array[start : start + _CHUNK_ROWS])
+            rows = bad.reshape(len(bad), -1).any(axis=1)
+            if rows.any():
+                count += int(bad.sum())
+                if first < 0:
+                    first = start + int(np.argmax(rows))
+        if count:
+            found.append(NonFinite(key, first, count))
+    return found
+
+
+def describe_nonfinite(bad: NonFinite) -> str:
+    """``'rewards': 3 NaN or infinite values, the first at row 17``."""
+    values = "value" if bad.count == 1 else "values"
+    return f"'{bad.key}': {bad.count} NaN or infinite {values}, the first at row {bad.first_row}"
+
+
+def check_finite(dataset: OfflineDataset) -> None:
+    """Refuse a dataset holding NaN or inf, which trains silently to NaN losses and returns:
+    one sentence naming the first bad key and its first bad row."""
+    found = find_nonfinite(dataset)
+    if found:
+        first = found[0]
+        others = f" (and non-finite values in {', '.join(repr(b.key) for b in found[1:])})" if len(found) > 1 else ""
+        values = "value" if first.count == 1 else "values"
+        raise ToolkitError(
+            f"Dataset {dataset.source} has {first.count} NaN or infinite {values} in '{first.key}', the first at row "
+            f"{first.first_row}{others}; learning from it would give NaN losses, so fix or drop those rows first."
+        )
+
+
+def env_mismatch(dataset: OfflineDataset, env_id: str | None) -> str | None:
+    """A one-line warning when ``dataset`` records an env id other than ``env_id`` (its
+    shapes are checked elsewhere), else ``None``."""
+    recorded = dataset.metadata.get("env_id") or None
+    if not recorded or not env_id or recorded == env_id:
+        return None
+    return (
+        f"dataset {dataset.source} was recorded on {recorded} but trains with --env {env_id}; "
+        f"the shapes fit, so training continues (pass --env {recorded} if that was meant)."
     )

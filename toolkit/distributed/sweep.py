@@ -324,6 +324,9 @@ def run_sweep(
     rows.sort(key=lambda r: (r.configuration, r.seed))
     summary = summarise(plan, rows)
     write_results(sweep_dir, plan, rows, summary)
+    from toolkit.plot import write_sweep_curves  # curves.png: a mean line per configuration
+
+    write_sweep_curves(sweep_dir, [r.run_dir for r in rows if not r.error])
     return SweepResult(sweep_dir, plan, rows, summary)
 
 

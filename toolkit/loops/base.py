@@ -68,7 +68,8 @@ class TrainingLoop(Trainer):
         self.logger.log(step, "episode", {"return": episode_return, "length": length})
 
     def evaluate(self) -> EvalResult:
-        """Deterministic evaluation episodes in a separate env, logged as ``eval``."""
+        """Deterministic evaluation episodes in a separate env, logged as ``eval``; a mean
+        return better than every earlier one keeps the agent in ``checkpoints/best.pt``."""
         assert self.logger is not None
         from toolkit.data import normalized_score
 
@@ -82,4 +83,6 @@ class TrainingLoop(Trainer):
         if score is not None:  # D4RL's normalised score, for envs with published references
             values["normalized_score"] = float(score)
         self.logger.log(self.step, "eval", values)
+        # The best mean return so far is kept in checkpoints/best.pt (`toolkit eval --checkpoint best`).
+        self.keep_best(result.mean)
         return result

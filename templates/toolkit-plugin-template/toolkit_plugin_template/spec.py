@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from toolkit.config import option
+from toolkit.config import check_fields, option
 from toolkit.configs import OffPolicyConfig
 from toolkit.registry import AgentSpec, ModelSpec
 
@@ -24,28 +24,21 @@ class DDPGConfig(OffPolicyConfig):
     ``learning_starts``, ``train_every``, ``updates_per_step``); the framework's loop reads those.
     """
 
-    actor_lr: float = option(1e-3, "Adam learning rate of the actor.")
-    critic_lr: float = option(1e-3, "Adam learning rate of the critic.")
-    gamma: float = option(0.99, "Discount factor.")
-    tau: float = option(0.005, "Polyak averaging rate of the target networks.")
-    hidden_sizes: tuple[int, ...] = option((256, 256), "Hidden layer widths of actor and critic.")
+    actor_lr: float = option(1e-3, "Adam learning rate of the actor.", gt=0)
+    critic_lr: float = option(1e-3, "Adam learning rate of the critic.", gt=0)
+    gamma: float = option(0.99, "Discount factor.", gt=0, le=1)
+    tau: float = option(0.005, "Polyak averaging rate of the target networks.", gt=0, le=1)
+    hidden_sizes: tuple[int, ...] = option((256, 256), "Hidden layer widths of actor and critic.", ge=1, nonempty=True)
     exploration_noise: float = option(
-        0.1, "Std of the Gaussian noise added to actions while training, as a fraction of the action half-range."
+        0.1, "Std of the Gaussian noise added to actions while training, as a fraction of the action half-range.", ge=0
     )
 
     def validate(self) -> None:
-        """Raise ValueError for settings that cannot work (the CLI reports it as one sentence)."""
-        super().validate()
-        if not 0.0 < self.gamma <= 1.0:
-            raise ValueError(f"gamma must lie in (0, 1], got {self.gamma}")
-        if not 0.0 < self.tau <= 1.0:
-            raise ValueError(f"tau must lie in (0, 1], got {self.tau}")
-        if self.actor_lr <= 0 or self.critic_lr <= 0:
-            raise ValueError("actor_lr and critic_lr must be positive")
-        if self.exploration_noise < 0:
-            raise ValueError(f"exploration_noise must be >= 0, got {self.exploration_noise}")
-        if not self.hidden_sizes or any(width <= 0 for width in self.hidden_sizes):
-            raise ValueError(f"hidden_sizes must be positive widths, got {self.hidden_sizes}")
+        """Raise ValueError (the CLI reports it as one sentence) for settings that cannot work
+        together. Ranges of single fields are not checked here: they are declared on the fields
+        (``gt=0``, ``le=1``, ``ge=1, nonempty=True``) and the framework checks them for every value,
+        from defaults, YAML files, ``--set`` and resumed runs alike."""
+        super().validate()  # the off-policy rules, e.g. buffer_size must hold a batch of batch_size
 
 
 DDPG_TEMPLATE = AgentSpec(
@@ -68,18 +61,14 @@ class LinearAEConfig:
     """Linear autoencoder settings. ``batch_size`` is required of every model config: the
     framework's model loop samples minibatches of that size."""
 
-    latent_dim: int = option(16, "Size of the latent code (at most the number of values in one example).")
-    lr: float = option(1e-2, "Adam learning rate.")
-    batch_size: int = option(128, "Examples per gradient step.")
+    latent_dim: int = option(16, "Size of the latent code (at most the number of values in one example).", ge=1)
+    lr: float = option(1e-2, "Adam learning rate.", gt=0)
+    batch_size: int = option(128, "Examples per gradient step.", ge=1)
 
     def validate(self) -> None:
-        """Raise ValueError for settings that cannot work (the CLI reports it as one sentence)."""
-        if self.latent_dim <= 0:
-            raise ValueError(f"latent_dim must be positive, got {self.latent_dim}")
-        if self.lr <= 0:
-            raise ValueError(f"lr must be positive, got {self.lr}")
-        if self.batch_size <= 0:
-            raise ValueError(f"batch_size must be positive, got {self.batch_size}")
+        """Raise ValueError for settings that cannot work. A config with no base class starts
+        with ``check_fields(self)``, so the bounds hold for code that builds the model directly."""
+        check_fields(self)
 
 
 LINEAR_AE_TEMPLATE = ModelSpec(
