@@ -46,6 +46,8 @@ class Bounds:
     le: float | None = None
     allow_inf: bool = False
     nonempty: bool = False
+    #: Why the bound holds, added to the message that refuses a value (``batch norm needs a batch``).
+    reason: str | None = None
 
     def text(self) -> str:
         """The bounds as a user reads them: ``> 0``, ``in (0, 1]``, ``>= 1``."""
@@ -72,6 +74,10 @@ class Bounds:
 
     def problem(self, key: str, value: Any) -> str | None:
         """Why ``value`` breaks these bounds, in words that end a sentence; None if it does not."""
+        why = self._problem(key, value)
+        return f"{why} ({self.reason})" if why and self.reason else why
+
+    def _problem(self, key: str, value: Any) -> str | None:
         if value is None or isinstance(value, (bool, str)):
             return None
         if isinstance(value, tuple):
@@ -121,13 +127,15 @@ def option(
     le: float | None = None,
     allow_inf: bool = False,
     nonempty: bool = False,
+    reason: str | None = None,
 ) -> Any:
     """A dataclass field with a default, the help text shown by ``toolkit describe`` and its bounds.
 
     ``gt``/``ge``/``lt``/``le`` bound the value (every element of a tuple) strictly or not;
     ``nonempty`` refuses an empty tuple; floats must be finite unless ``allow_inf`` (nan never).
+    ``reason`` says why, in the message that refuses a value.
     """
-    bounds = Bounds(gt, ge, lt, le, allow_inf, nonempty)
+    bounds = Bounds(gt, ge, lt, le, allow_inf, nonempty, reason)
     metadata = {"help": help, "bounds": bounds}
     if isinstance(default, (list, dict, set)) or is_dataclass(default):
         value = default

@@ -226,7 +226,8 @@ class VGG11Config(ClassifierConfig):
     )
     hidden: int = option(256, "Width of the hidden fully connected layer between the convolutions and the head.", ge=1)
     dropout: float = option(0.5, "Dropout probability after the hidden fully connected layer (VGG's 0.5).", ge=0, lt=1)
-    batch_size: int = option(64, "Examples per gradient step (at least 2: batch norm needs a batch).", ge=2)
+    batch_size: int = option(64, "Examples per gradient step (at least 2: batch norm needs a batch).", ge=2,
+                             reason="batch norm needs a batch of at least 2")
 
 
 @dataclass(frozen=True)
