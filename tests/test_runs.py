@@ -297,11 +297,12 @@ def test_second_ctrl_c_between_checkpoints_says_what_is_kept(tmp_path: Path) -> 
         return 1.0
 
     trainer = _tiny_trainer(run, losses)
+    handler_before = signal.getsignal(signal.SIGINT)  # whatever an earlier in-process CLI test left
     with pytest.raises(StoppedAtOnce) as info:
         trainer.run(200)
     assert info.value.exit_code == 130
     assert "checkpoint holds step 20, so the 4 steps since are lost" in str(info.value)
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGINT) is handler_before  # the run put the handler back
     assert not list(run.rglob("*.tmp"))
 
 

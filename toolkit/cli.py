@@ -6,9 +6,10 @@ and ``toolkit.models`` entry points.
 
 from __future__ import annotations
 
+import signal
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, NoReturn, Optional
 
 import typer
 from rich.markup import escape
@@ -73,6 +74,7 @@ def train(
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     config: Annotated[Optional[Path], typer.Option("--config", help="YAML file of agent settings.")] = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override one agent setting: key=value (repeatable).")] = None,
+    preset: Annotated[bool, typer.Option("--preset", help="Start from the agent's tuned settings for --env (see `toolkit describe AGENT --env ENV`); --config and --set override them.")] = False,
     run_dir: Annotated[Optional[Path], typer.Option(help="Run directory (default: runs/<agent>/<env>/<time>-s<seed>).")] = None,
     eval_every: Annotated[int, typer.Option(help="Evaluate every N steps (0: never for online agents; offline agents and models: 10 times a run).")] = 0,
     eval_episodes: Annotated[int, typer.Option(help="Episodes per periodic evaluation.")] = 5,
@@ -100,10 +102,12 @@ def train(
             eval_episodes=eval_episodes, checkpoint_every=checkpoint_every, log_every=log_every,
             progress=progress, dataset=dataset, workers=workers, envs_per_worker=envs_per_worker,
             gpus_per_worker=gpus_per_worker, address=address, env_kwargs=parse_env_kwargs(env_kwargs),
-            pixels=pixels, frame_stack=frame_stack, grey=grey, compile=compile,
+            pixels=pixels, frame_stack=frame_stack, grey=grey, compile=compile, preset=preset,
         )
     except ToolkitError as exc:
         _fail(exc)
+    except KeyboardInterrupt:
+        _interrupted_outside_the_loop(run_dir)
     _report(path, result)
 
 
@@ -121,7 +125,24 @@ def resume(
         path, result = resume_training(run_dir, steps, progress, address=address)
     except ToolkitError as exc:
         _fail(exc)
+    except KeyboardInterrupt:
+        _interrupted_outside_the_loop(run_dir)
     _report(path, result)
+
+
+def _interrupted_outside_the_loop(run_dir: Optional[Path]) -> NoReturn:
+    """A Ctrl-C the training loop did not see: before it started, or (a second Ctrl-C) after it
+    returned from saving. Say whether a checkpoint is there to resume from."""
+    from toolkit.runs import CHECKPOINT
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # finishing the exit must not be cut short too
+    if run_dir is not None and (run_dir / CHECKPOINT).is_file():
+        console.print(f"Interrupted; the checkpoint is saved. Continue with: toolkit resume {run_dir}")
+    elif run_dir is not None:
+        console.print(f"Interrupted before {run_dir} held a checkpoint; nothing can be resumed.")
+    else:
+        console.print("Interrupted; a checkpoint saved before it stays in the run directory (toolkit resume RUN_DIR).")
+    raise typer.Exit(130)
 
 
 def _report(path: Path, result: object) -> None:
@@ -130,8 +151,6 @@ def _report(path: Path, result: object) -> None:
     source = getattr(result, "return_source", "episode")
     ret = f", last {source} return {last:.1f}" if last is not None else ""
     if getattr(result, "interrupted", False):
-        import signal
-
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # the checkpoint is saved: another Ctrl-C must not cut the exit short
         console.print(f"Interrupted at step {step}; checkpoint saved. Continue with: toolkit resume {path}")
         raise typer.Exit(130)
@@ -230,7 +249,10 @@ def list_(
 
 
 @app.command()
-def describe(name: Annotated[str, typer.Argument(help="Agent or model name, as listed by `toolkit list`.")]) -> None:
+def describe(
+    name: Annotated[str, typer.Argument(help="Agent or model name, as listed by `toolkit list`.")],
+    env: Annotated[Optional[str], typer.Option("--env", "-e", help="Also show the agent's preset for this env id (applied by `toolkit train --preset`).")] = None,
+) -> None:
     """Show an agent's or model's settings with their defaults and help; set them with --set key=value."""
     from toolkit.config import describe as describe_config
     from toolkit.registry import AgentSpec, registry
@@ -252,6 +274,30 @@ def describe(name: Annotated[str, typer.Argument(help="Agent or model name, as l
     for info in describe_config(spec.config):
         table.add_row(info.key, info.type_name, repr(info.default), info.bounds_text, info.help)
     console.print(table)
+    if env is not None:
+        _describe_preset(spec, env)
+
+
+def _describe_preset(spec: object, env: str) -> None:
+    """`describe NAME --env ENV`: the preset's settings, the return it reached and the command that measured it."""
+    from toolkit.registry import AgentSpec
+
+    if not isinstance(spec, AgentSpec):
+        _fail(ToolkitError(f"Model '{getattr(spec, 'name', '?')}' has no presets: --env applies to agents."))
+    try:
+        preset = spec.preset(env)
+    except ToolkitError as exc:
+        _fail(exc)
+    table = Table(title=f"Preset for {escape(env)} (toolkit train {spec.name} --env {escape(env)} --preset)")
+    table.add_column("key", no_wrap=True)
+    table.add_column("preset")
+    for key, value in preset["settings"].items():
+        table.add_row(escape(key), escape(repr(value)))
+    console.print(table)
+    if preset.get("return") is not None:
+        console.print(f"Mean evaluation return reached: {preset['return']}")
+    if preset.get("command"):
+        console.print(f"Measured with: {escape(str(preset['command']))}")
 
 
 @app.command()

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata as md
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -130,6 +130,17 @@ class AgentSpec:
     default_steps: int = 1_000_000
     #: The plugin API version the plugin was written for; every plugin must declare it.
     api_version: int | None = None
+    #: Tuned settings per env id, applied by ``toolkit train --preset`` (like rl-zoo's
+    #: hyperparameter files): env id -> ``{"settings": {key: value}, "return": the mean
+    #: evaluation return they reached, "command": the command that measured it}``.
+    presets: Mapping[str, Mapping[str, Any]] = field(default_factory=dict, hash=False, compare=False)
+
+    def preset(self, env: str) -> Mapping[str, Any]:
+        """The preset for ``env``; none is a :class:`ToolkitError` sentence naming the envs that have one."""
+        if env not in self.presets:
+            known = ", ".join(sorted(self.presets)) or "none"
+            raise ToolkitError(f"Agent '{self.name}' has no preset for {env}; envs with a preset: {known}.")
+        return self.presets[env]
 
     def build(self, *args: Any, **kwargs: Any) -> Any:
         """Import the factory and build the agent; a factory that fails to import is one

@@ -87,6 +87,8 @@ class RunSettings:
     pruning: dict[str, Any] = field(default_factory=dict)
     #: How the agent's update runs (``--compile``: auto, none, compile, cudagraphs; toolkit.compile).
     compile: str = "auto"
+    #: The env id whose preset of the agent's spec was applied (``--preset``); None: no preset.
+    preset: str | None = None
 
     @property
     def env_options(self) -> Any:

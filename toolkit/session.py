@@ -32,9 +32,15 @@ def resolve_device(name: str) -> Any:
         raise ToolkitError(f"Unknown device '{name}'; use auto, cpu or cuda.") from None
 
 
-def build_config(spec: AgentSpec | ModelSpec, config_file: Path | None = None, set_items: list[str] | None = None) -> Any:
-    """The learner's config: defaults, then the YAML file, then ``--set`` overrides, validated."""
+def build_config(spec: AgentSpec | ModelSpec, config_file: Path | None = None, set_items: list[str] | None = None,
+                 preset: str | None = None) -> Any:
+    """The learner's config: defaults, then the agent's preset for the env id ``preset`` (if
+    given), then the YAML file, then ``--set`` overrides, validated."""
     config = spec.config()
+    if preset is not None:
+        if not isinstance(spec, AgentSpec):
+            raise ToolkitError(f"Model '{spec.name}' has no presets: --preset applies to agents on an env.")
+        config = apply_overrides(config, dict(spec.preset(preset)["settings"]), source=f"preset for {preset}")
     if config_file is not None:
         config = apply_overrides(config, load_yaml_overrides(config_file), source=str(config_file))
     config = apply_overrides(config, parse_set_options(set_items or []))

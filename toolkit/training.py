@@ -79,6 +79,7 @@ def start_training(
     frame_stack: int = 3,
     grey: bool = False,
     compile: str = "auto",
+    preset: bool = False,
 ) -> tuple[Path, Any]:
     """Check everything, create the run directory, train. Returns the run dir and loop result.
 
@@ -95,7 +96,9 @@ def start_training(
     that GPU node writes to (the same machine or a shared filesystem). ``env_kwargs`` go to the
     env's constructor; ``pixels`` (a side in pixels) makes the agent observe ``frame_stack``
     rendered frames instead of the env's own observations (:mod:`toolkit.pixels`). ``compile``
-    says how an agent's update runs (:mod:`toolkit.compile`)."""
+    says how an agent's update runs (:mod:`toolkit.compile`). ``preset`` applies the agent's
+    tuned settings for ``env`` (:attr:`toolkit.registry.AgentSpec.presets`) under the config
+    file and ``set_items``."""
     if steps is not None and steps <= 0:
         raise ToolkitError(f"--steps must be a positive number of steps, got {steps}.")
     if eval_every < 0:
@@ -114,12 +117,14 @@ def start_training(
     if pixels is not None and (pixels < 8 or frame_stack < 1):
         raise ToolkitError(f"--pixels needs a side of at least 8 pixels and --frame-stack at least 1, got {pixels} and {frame_stack}.")
     if isinstance(spec, ModelSpec):
+        if preset:
+            raise ToolkitError(f"Model '{spec.name}' has no presets: --preset applies to agents on an env.")
         if compile not in ("auto", "none"):
             raise ToolkitError(f"--compile applies to agents' updates; model '{spec.name}' trains eagerly.")
         return _start_model(spec, steps, seed, device, config_file, set_items, run_dir, runs_root,
                             eval_every, checkpoint_every, log_every, progress, dataset, workers)
     assert env is not None
-    config = build_config(spec, config_file, set_items)
+    config = build_config(spec, config_file, set_items, preset=env if preset else None)
     if workers > 0 and spec.kind == "on-policy":  # one rollout holds every runner's envs
         from toolkit.distributed.rollouts import distributed_config
 
@@ -134,7 +139,7 @@ def start_training(
         log_every=log_every or 1_000, agent_config=to_dict(config), toolkit_version=__version__,
         dataset=_dataset_reference(dataset), workers=workers, envs_per_worker=envs_per_worker,
         gpus_per_worker=gpus_per_worker, address=address, env_kwargs=dict(env_kwargs or {}),
-        pixels=pixels, frame_stack=frame_stack, grey=grey, compile=compile,
+        pixels=pixels, frame_stack=frame_stack, grey=grey, compile=compile, preset=env if preset else None,
     )
     _refuse_existing_run_dir(run_dir)
     path = run_dir or default_run_dir(runs_root, agent, env, seed)
