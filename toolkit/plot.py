@@ -30,6 +30,7 @@ import numpy as np
 import yaml
 
 from toolkit.errors import ToolkitError
+from toolkit.runs import read_metrics
 
 CURVES_FILE = "curves.png"
 #: Keys of a record that are not metrics worth a curve.
@@ -46,24 +47,16 @@ NOT_CONFIGURATION = frozenset({"seed", "run_dir"})
 def read_series(run_dir: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Every numeric metric of a run as ``{"kind/key": (steps, values)}``, in logged order.
 
-    A torn last line (a run still writing) is skipped."""
-    path = Path(run_dir) / "metrics.jsonl"
+    A torn last line (a run still writing) is skipped (:func:`toolkit.runs.read_metrics`)."""
     series: dict[str, tuple[list[float], list[float]]] = {}
-    if path.exists():
-        for line in path.read_text().splitlines():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
+    for record in read_metrics(Path(run_dir)):
+        kind = str(record.get("kind", "?"))
+        for key, value in record.items():
+            if key in BOOKKEEPING or isinstance(value, bool) or not isinstance(value, (int, float)):
                 continue
-            if not isinstance(record, dict) or "step" not in record:
-                continue
-            kind = str(record.get("kind", "?"))
-            for key, value in record.items():
-                if key in BOOKKEEPING or isinstance(value, bool) or not isinstance(value, (int, float)):
-                    continue
-                steps, values = series.setdefault(f"{kind}/{key}", ([], []))
-                steps.append(float(record["step"]))
-                values.append(float(value))
+            steps, values = series.setdefault(f"{kind}/{key}", ([], []))
+            steps.append(float(record["step"]))
+            values.append(float(value))
     return {name: (np.asarray(s), np.asarray(v)) for name, (s, v) in series.items()}
 
 
@@ -341,19 +334,8 @@ def plot_runs(run_dirs: Sequence[Path], metric: str | None = None, out: Path | N
 
 def last_eval(run_dir: Path) -> dict[str, Any] | None:
     """The run's last ``eval`` record of metrics.jsonl, or None."""
-    path = Path(run_dir) / "metrics.jsonl"
-    if not path.exists():
-        return None
-    for line in reversed(path.read_text().splitlines()):
-        if '"eval"' not in line:
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(record, dict) and record.get("kind") == "eval":
-            return record
-    return None
+    evaluations = read_metrics(Path(run_dir), "eval")
+    return evaluations[-1] if evaluations else None
 
 
 def _duration(seconds: float) -> str:

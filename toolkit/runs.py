@@ -266,12 +266,20 @@ class MetricsLogger:
 
 
 def read_metrics(run_dir: Path, kind: str | None = None) -> list[dict[str, Any]]:
-    """The run's metrics records, optionally only those of one ``kind``."""
-    path = run_dir / METRICS_FILE
+    """The run's metrics records, optionally only those of one ``kind``. A torn line (the last
+    one of a run still writing, or of one killed mid-write) is skipped."""
+    path = Path(run_dir) / METRICS_FILE
     if not path.exists():
         return []
-    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [r for r in records if kind is None or r["kind"] == kind]
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict) and "step" in record and (kind is None or record.get("kind") == kind):
+            records.append(record)
+    return records
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
