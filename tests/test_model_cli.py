@@ -13,7 +13,7 @@ import pytest
 
 from conftest import assert_clean_error
 
-from toolkit.runs import CHECKPOINT, read_metrics
+from toolkit.runs import BEST_CHECKPOINT, CHECKPOINT, load_checkpoint, read_metrics
 
 #: Small and quick on two cores: the digits VAE runs a few hundred steps a second.
 QUICK = ["--no-progress", "--set", "hidden_sizes=64", "--set", "batch_size=64"]
@@ -73,6 +73,19 @@ def test_model_run_trains_evaluates_with_figures_and_resumes(cli, vae_run: Path,
     result = cli("resume", run_dir, "--steps", "400", "--no-progress")
     assert result.exit_code == 0, result.output
     assert read_metrics(run_dir, "eval")[-1]["step"] == 400
+
+
+def test_a_model_run_keeps_its_best_checkpoint_and_eval_reads_it(cli, vae_run: Path, tmp_path: Path) -> None:
+    run_dir = tmp_path / "vae"
+    shutil.copytree(vae_run, run_dir)
+    evals = read_metrics(run_dir, "eval")
+    best = max(evals, key=lambda row: row["elbo"])  # the VAE's score is its test ELBO
+    state = load_checkpoint(run_dir / BEST_CHECKPOINT)
+    assert state["counters"]["step"] == best["step"] and state["counters"]["best_value"] == pytest.approx(best["elbo"])
+    result = cli("eval", run_dir, "--checkpoint", "best", "--is-samples", "5", "--no-figures")
+    assert result.exit_code == 0, result.output
+    report = json.loads((run_dir / "eval" / f"best-step-{best['step']}.json").read_text())
+    assert report["checkpoint"] == "best" and "elbo" in report["metrics"]
 
 
 def test_resumed_model_run_continues_exactly(cli, tmp_path: Path) -> None:

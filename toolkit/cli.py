@@ -9,7 +9,7 @@ from __future__ import annotations
 import signal
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, NoReturn, Optional
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, Optional
 
 import typer
 from rich.markup import escape
@@ -177,12 +177,7 @@ def eval_(
 
     try:
         if load_settings(run_dir).model:
-            if checkpoint != "latest":
-                from toolkit.session import checkpoint_path
-
-                checkpoint_path(run_dir, checkpoint)  # an unknown or missing one is one sentence
-                raise ToolkitError(f"{run_dir} is a model run, which keeps only its latest checkpoint; drop --checkpoint {checkpoint}.")
-            _eval_model(run_dir, is_samples, figures, seed or 0)
+            _eval_model(run_dir, is_samples, figures, seed or 0, checkpoint)
             return
         from toolkit.envs import parse_env_kwargs
         from toolkit.training import evaluate_run
@@ -196,10 +191,11 @@ def eval_(
         console.print(f"video: {video_path}")
 
 
-def _eval_model(run_dir: Path, is_samples: int, figures: bool, seed: int) -> None:
+def _eval_model(run_dir: Path, is_samples: int, figures: bool, seed: int, checkpoint: str) -> None:
     from toolkit.training import evaluate_model_run
 
-    report, out, paths = evaluate_model_run(run_dir, is_samples=is_samples, figures=figures, seed=seed)
+    report, out, paths = evaluate_model_run(run_dir, is_samples=is_samples, figures=figures, seed=seed,
+                                            checkpoint=checkpoint)
     table = Table(title=f"{escape(str(run_dir))} (test split)")
     table.add_column("metric", no_wrap=True)
     table.add_column("value", justify="right")
@@ -209,6 +205,22 @@ def _eval_model(run_dir: Path, is_samples: int, figures: bool, seed: int) -> Non
     console.print(f"results: {out}")
     if paths:
         console.print(f"figures: {', '.join(str(p) for p in paths)}")
+
+
+def _status_markup(entry: Any) -> str:
+    """``ok``, or the status (yellow when only an optional library is missing) and its reason."""
+    if entry.status == "ok":
+        return "ok"
+    colour = "yellow" if entry.status == "unavailable" else "red"
+    return f"[{colour}]{entry.status}[/]: {escape(entry.reason)}"
+
+
+def _library_column(entry: Any) -> str:
+    """The library a bridged agent's algorithm comes from, with its installed version."""
+    from toolkit.registry import library_version
+
+    requires = getattr(entry.obj, "requires", ())
+    return ", ".join(f"{name} {library_version(name) or '(not installed)'}" for name in requires)
 
 
 @app.command("list")
@@ -222,9 +234,9 @@ def list_(
         checked = registry.check_all()
         for entry in checked:
             where = f"{entry.kind}, {entry.distribution} {entry.version}"
-            line = "ok" if entry.status == "ok" else f"[red]{entry.status}[/]: {escape(entry.reason)}"
-            console.print(f"{escape(entry.name)} ({escape(where)}): {line}", soft_wrap=True, highlight=False)
-        problems = sum(e.status != "ok" for e in checked)
+            console.print(f"{escape(entry.name)} ({escape(where)}): {_status_markup(entry)}", soft_wrap=True, highlight=False)
+        # An agent whose optional library is not installed is not a broken plugin.
+        problems = sum(e.status not in ("ok", "unavailable") for e in checked)
         console.print(f"{len(checked)} plugins checked, {problems} with a problem.", highlight=False)
         if problems or not checked:
             raise typer.Exit(1)
@@ -237,12 +249,13 @@ def list_(
     table.add_column("kind", no_wrap=True)
     table.add_column("distribution")
     table.add_column("version")
+    table.add_column("library")
     table.add_column("status", min_width=6)
     entries = registry.all_entries()
     for entry in entries:
         # Names and reasons come from third-party packages: print them verbatim, never as markup.
-        status = entry.status if entry.status == "ok" else f"[red]{entry.status}[/]: {escape(entry.reason)}"
-        table.add_row(escape(entry.name), entry.kind, escape(entry.distribution), escape(entry.version), status)
+        table.add_row(escape(entry.name), entry.kind, escape(entry.distribution), escape(entry.version),
+                      escape(_library_column(entry)), _status_markup(entry))
     console.print(table)
     if not entries:
         console.print("No plugins found; is the toolkit installed (pip install -e .)?")

@@ -47,6 +47,9 @@ def load_policy(run_dir: Path) -> tuple[Any, Any]:
     from toolkit.agent import Agent
 
     session = open_run(run_dir, device="cpu")
+    from toolkit.external import refuse_external
+
+    refuse_external(session.agent, settings.agent, "export")
     # Memoryless agents keep the base class's no-op; sequence models clear their context there.
     if getattr(type(session.agent), "start_episode", Agent.start_episode) is not Agent.start_episode:
         raise ToolkitError(f"{settings.agent} acts on the episode so far (a sequence model), so it has no "

@@ -330,18 +330,8 @@ class ModelEvaluation:
         return [(self.label(name), _format(name, value)) for name, value in self.metrics.items()]
 
     def score(self) -> tuple[str, float]:
-        """The one number where higher is better that sweeps rank models by: test accuracy
-        for classifiers, minus M's NLL for world models, the ELBO for VAEs, else minus the
-        reconstruction error."""
-        if "mdn_nll" in self.metrics:  # a world model is worth its forecasts, not V's reconstructions
-            return "minus test NLL of z(t+1) per latent dim (nats)", -self.metrics["mdn_nll"]
-        for name in ("accuracy", "elbo"):
-            if name in self.metrics:
-                return f"test {self.label(name)}", self.metrics[name]
-        if "recon_error" in self.metrics:
-            return "minus test reconstruction error (MSE per value)", -self.metrics["recon_error"]
-        name, value = next(iter(self.metrics.items()))
-        return f"test {self.label(name)}", value
+        """The one number where higher is better that sweeps rank models by (:func:`model_score`)."""
+        return model_score(self.metrics, self.label)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: ``{"metrics": {name: value}, "labels": {name: display name}}``."""
@@ -349,6 +339,23 @@ class ModelEvaluation:
             "metrics": {name: float(v) for name, v in self.metrics.items()},
             "labels": {name: self.label(name) for name in self.metrics},
         }
+
+
+def model_score(metrics: dict[str, float], label: Any = None) -> tuple[str, float]:
+    """The one number where higher is better that sweeps rank models by and training keeps
+    ``checkpoints/best.pt`` by: test accuracy for classifiers, minus M's NLL for world models,
+    the ELBO for VAEs, else minus the reconstruction error; with its display name (``label``
+    maps a metric to its display name)."""
+    label = label or (lambda name: METRIC_LABELS.get(name, name))
+    if "mdn_nll" in metrics:  # a world model is worth its forecasts, not V's reconstructions
+        return "minus test NLL of z(t+1) per latent dim (nats)", -metrics["mdn_nll"]
+    for name in ("accuracy", "elbo"):
+        if name in metrics:
+            return f"test {label(name)}", metrics[name]
+    if "recon_error" in metrics:
+        return "minus test reconstruction error (MSE per value)", -metrics["recon_error"]
+    name, value = next(iter(metrics.items()))
+    return f"test {label(name)}", value
 
 
 def evaluate_model(

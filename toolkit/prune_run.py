@@ -137,6 +137,9 @@ def prune_run(run_dir: Path, request: PruneRequest, out: Path | None = None, pro
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ToolkitError(f"{out} already exists; pick another --out.")
     session, step = open_trained_run(run_dir)
+    from toolkit.external import refuse_external
+
+    refuse_external(session.learner, session.settings.learner, "prune")
     layers = prunable_layers(session.learner)
     if not layers:
         raise ToolkitError(f"{run_dir}'s {session.settings.learner} has no Linear or convolution weights to prune.")

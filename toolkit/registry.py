@@ -32,7 +32,8 @@ MODELS = "toolkit.models"
 PRIORS = "toolkit.priors"
 GROUPS = (AGENTS, ENVS, MODELS)
 
-AgentKind = Literal["off-policy", "on-policy", "offline"]
+#: ``external``: an agent whose algorithm lives in another library (:mod:`toolkit.external`).
+AgentKind = Literal["off-policy", "on-policy", "offline", "external"]
 ModelKind = Literal["autoencoder", "generative", "classifier", "world-model"]
 SpaceKind = Literal["box", "discrete", "multi-discrete", "multi-binary", "image"]
 
@@ -134,6 +135,13 @@ class AgentSpec:
     #: hyperparameter files): env id -> ``{"settings": {key: value}, "return": the mean
     #: evaluation return they reached, "command": the command that measured it}``.
     presets: Mapping[str, Mapping[str, Any]] = field(default_factory=dict, hash=False, compare=False)
+    #: Distributions the agent's factory needs beyond the toolkit's own dependencies (a
+    #: bridge's library). When one is missing the agent is listed as ``unavailable`` with the
+    #: pip command that installs it, and using it is one sentence saying so.
+    requires: tuple[str, ...] = ()
+    #: The extra of the plugin's distribution that installs :attr:`requires` (``pip install
+    #: 'DIST[EXTRA]'``); None when there is none.
+    extra: str | None = None
 
     def preset(self, env: str) -> Mapping[str, Any]:
         """The preset for ``env``; none is a :class:`ToolkitError` sentence naming the envs that have one."""
@@ -174,7 +182,25 @@ class ModelSpec:
         return _build(self, "model", args, kwargs)
 
 
-Status = Literal["ok", "broken", "incompatible", "conflict"]
+Status = Literal["ok", "broken", "incompatible", "conflict", "unavailable"]
+
+
+def library_version(distribution: str) -> str | None:
+    """The installed version of ``distribution``, or None when it is not installed."""
+    try:
+        return md.version(distribution)
+    except md.PackageNotFoundError:
+        return None
+
+
+def missing_requirement(spec: AgentSpec, distribution: str) -> str | None:
+    """Why ``spec`` cannot be used here when a distribution it requires is not installed (with
+    the command that installs it), else None."""
+    missing = [name for name in spec.requires if library_version(name) is None]
+    if not missing:
+        return None
+    command = f"pip install '{distribution}[{spec.extra}]'" if spec.extra else "pip install " + " ".join(missing)
+    return f"needs {' and '.join(missing)}, which is not installed; {command}"
 
 
 @dataclass
@@ -234,6 +260,8 @@ class PluginEntry:
                 f"the entry point is called '{self.name}' but its spec ({self.value}) is named '{self.obj.name}'; "
                 "give the entry point and the spec the same name"
             )
+        elif self.group == AGENTS and missing_requirement(self.obj, self.distribution):
+            self.status, self.reason = "unavailable", str(missing_requirement(self.obj, self.distribution))
         elif self.group in (AGENTS, MODELS) and isinstance(self.obj.factory, str):
             missing = _missing_factory_module(self.obj.factory)
             if missing:
@@ -324,7 +352,8 @@ class Registry:
         entry = matches[0]
         obj = entry.load()
         if entry.status != "ok":
-            state = {"conflict": "ambiguous", "broken": "broken", "incompatible": "incompatible"}[entry.status]
+            state = {"conflict": "ambiguous", "broken": "broken", "incompatible": "incompatible",
+                     "unavailable": "unavailable"}[entry.status]
             raise ToolkitError(f"The {noun} '{name}' from {entry.distribution} is {state}: {entry.reason}.")
         return obj
 

@@ -170,7 +170,12 @@ def open_trained_run(run_dir: Path, checkpoint: str = "latest") -> tuple[Session
     state = load_checkpoint(path, device=session.device)
     key = "model" if session.is_model else "agent"
     try:
-        session.learner.load_state_dict(state[key])
+        from toolkit.external import ExternalAgent, load_external_state
+
+        if isinstance(session.learner, ExternalAgent):  # its weights are in the library's own checkpoint
+            load_external_state(session.learner, state[key], run_dir)
+        else:
+            session.learner.load_state_dict(state[key])
         step = int(state["counters"]["step"])
     except (KeyError, RuntimeError, ValueError, TypeError) as exc:
         raise ToolkitError(f"Checkpoint {path} does not fit this run's {key} ({exc}).") from None

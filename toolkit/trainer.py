@@ -137,10 +137,19 @@ class Trainer:
 
     # --- checkpoints --------------------------------------------------------------------------
 
+    def learner_state(self, which: str) -> Any:
+        """The learner's entry in the ``latest`` or ``best`` checkpoint: its state dict (a loop
+        whose learner keeps its weights elsewhere, an external library's, says where instead)."""
+        return self.learner.state_dict()
+
+    def load_learner_state(self, state: Any) -> None:
+        """Restore what :meth:`learner_state` returned."""
+        self.learner.load_state_dict(state)
+
     def state_dict(self) -> dict[str, Any]:
         """Learner, counters, pending metrics, every random stream and the subclass's state."""
         return {
-            self.learner_key: self.learner.state_dict(),
+            self.learner_key: self.learner_state("latest"),
             "counters": self.counters(),
             # Metrics accumulated since the last log line, so a resumed run logs the same averages.
             "pending_metrics": {"sums": dict(self._metric_sums), "count": self._metric_count},
@@ -150,7 +159,7 @@ class Trainer:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue exactly where :meth:`state_dict` was taken."""
-        self.learner.load_state_dict(state[self.learner_key])
+        self.load_learner_state(state[self.learner_key])
         self.load_counters(state["counters"])
         self._metric_sums = dict(state["pending_metrics"]["sums"])
         self._metric_count = int(state["pending_metrics"]["count"])
@@ -189,7 +198,7 @@ class Trainer:
             return False
         self.best_value, self.best_step = float(value), self.step
         self._write(self.run_dir / BEST_CHECKPOINT,
-                    lambda: {self.learner_key: self.learner.state_dict(), "counters": self.counters()},
+                    lambda: {self.learner_key: self.learner_state("best"), "counters": self.counters()},
                     "best checkpoint")
         return True
 

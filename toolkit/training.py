@@ -47,6 +47,9 @@ LOOPS: dict[tuple[str, bool], str] = {
     ("on-policy", True): "toolkit.distributed.rollouts:DistributedOnPolicyLoop",
     ("offline", False): "toolkit.loops.offline:OfflineLoop",
     ("offline", True): "toolkit.distributed.data_parallel:DataParallelOfflineLoop",
+    # A bridged library trains itself, spreading its work over Ray when asked (RLlib).
+    ("external", False): "toolkit.loops.external:ExternalLoop",
+    ("external", True): "toolkit.loops.external:ExternalLoop",
     ("autoencoder", False): "toolkit.loops.model:ModelLoop",
     ("generative", False): "toolkit.loops.model:ModelLoop",
     ("classifier", False): "toolkit.loops.model:ModelLoop",
@@ -143,7 +146,9 @@ def start_training(
     )
     _refuse_existing_run_dir(run_dir)
     path = run_dir or default_run_dir(runs_root, agent, env, seed)
-    on_cluster_gpu = learner_on_cluster_gpu(workers, device, address)
+    on_cluster_gpu = spec.kind != "external" and learner_on_cluster_gpu(workers, device, address)
+    if spec.kind == "external" and compile not in ("auto", "none"):
+        raise ToolkitError(f"--compile applies to the toolkit's own agents; '{spec.name}' is trained by its library.")
     if not on_cluster_gpu:  # a mode the device cannot run fails before any write
         from toolkit.compile import resolve_mode
 
@@ -287,7 +292,8 @@ def resume_training(run_dir: Path, steps: int | None = None, progress: bool = Tr
     a run with Ray workers may continue on another cluster (``address``), its learner on a
     cluster GPU as in :func:`start_training`. ``device`` overrides the run's device here."""
     saved = load_settings(run_dir)
-    if device is None and learner_on_cluster_gpu(saved.workers, saved.device, address or saved.address):
+    external = bool(saved.agent) and registry.agent(saved.agent).kind == "external"  # its library places its learner
+    if device is None and not external and learner_on_cluster_gpu(saved.workers, saved.device, address or saved.address):
         return run_remote_learner(resume_training, run_dir.resolve(), steps, run_dir=run_dir.resolve(),
                                   address=address)
     if steps is not None and steps <= 0:
@@ -388,15 +394,18 @@ def _other_env(session: Session, env_id: str, env_kwargs: dict[str, Any]) -> tup
 
 
 def evaluate_model_run(run_dir: Path, is_samples: int = 100, is_limit: int = 500, figures: bool = True,
-                       seed: int = 0) -> tuple[Any, Path, list[Path]]:
+                       seed: int = 0, checkpoint: str = "latest") -> tuple[Any, Path, list[Path]]:
     """Evaluate a model run's latest checkpoint: the metrics table (``eval/step-<N>.json``) and,
-    unless ``figures`` is False, PNGs under ``figures/step-<N>/`` (also in TensorBoard)."""
+    unless ``figures`` is False, PNGs under ``figures/step-<N>/`` (also in TensorBoard).
+    ``checkpoint="best"`` evaluates ``checkpoints/best.pt`` (the best test score while
+    training) into ``eval/best-step-<N>.json`` and ``figures/best-step-<N>/``."""
     from toolkit.figures import write_model_figures
     from toolkit.model_eval import evaluate_model
 
     if is_samples <= 0:
         raise ToolkitError(f"--is-samples must be positive, got {is_samples}.")
-    session, step = open_trained_run(run_dir)
+    session, step = open_trained_run(run_dir, checkpoint)
+    prefix = "best-" if checkpoint == "best" else ""
     if not session.is_model:
         raise ToolkitError(f"{run_dir} is an agent run; `toolkit eval` runs episodes for it.")
     data, world = session.data, None
@@ -410,13 +419,13 @@ def evaluate_model_run(run_dir: Path, is_samples: int = 100, is_limit: int = 500
     if world is not None:
         report.metrics = {**world.metrics, **report.metrics}
         report.labels.update(world.labels)
-    out = run_dir / "eval" / f"step-{step}.json"
-    write_json(out, {"step": step, "is_samples": is_samples, **report.to_dict()})
+    out = run_dir / "eval" / f"{prefix}step-{step}.json"
+    write_json(out, {"step": step, "checkpoint": checkpoint, "is_samples": is_samples, **report.to_dict()})
     paths: list[Path] = []
     if figures:
         from torch.utils.tensorboard import SummaryWriter
 
-        figure_dir = run_dir / "figures" / f"step-{step}"
+        figure_dir = run_dir / "figures" / f"{prefix}step-{step}"
         with SummaryWriter(str(run_dir / "tb")) as tb:
             paths = write_model_figures(session.learner, data, figure_dir, session.device, seed=seed, tb_writer=tb,
                                         step=step)

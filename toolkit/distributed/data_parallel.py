@@ -50,7 +50,7 @@ from toolkit.trainer import LoopResult
 from toolkit.loops.offline import OfflineLoop
 from toolkit.offline import OfflineAgent
 from toolkit.progress import TrainingProgress
-from toolkit.runs import CHECKPOINT, RunSettings, load_checkpoint, save_checkpoint
+from toolkit.runs import CHECKPOINT, RunSettings, load_checkpoint
 
 #: Gradient steps between the workers' checks for a Ctrl-C on the driver (one broadcast each).
 STOP_CHECK_EVERY = 10
@@ -363,8 +363,8 @@ class WorkerLoop(OfflineLoop):
 
     def save(self) -> None:
         state = self.state_dict()  # every rank: the random streams are gathered
-        if self.rank == 0:
-            save_checkpoint(self.run_dir / CHECKPOINT, state)
+        if self.rank == 0:  # through the trainer's writer: one sentence on a file-system error
+            self._write(self.run_dir / CHECKPOINT, lambda: state, "checkpoint")
 
     # --- the run ------------------------------------------------------------------------------
 

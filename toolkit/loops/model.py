@@ -77,8 +77,9 @@ class ModelLoop(GradientStepTrainer):
         self.sampler.load_state_dict(state["sampler"])
 
     def evaluate(self) -> None:
-        """Test-split metrics as ``eval``, and a reconstruction grid in TensorBoard."""
-        from toolkit.model_eval import seeded, test_metrics
+        """Test-split metrics as ``eval``, and a reconstruction grid in TensorBoard; the best
+        score so far (:func:`toolkit.model_eval.model_score`) keeps the model in ``checkpoints/best.pt``."""
+        from toolkit.model_eval import model_score, seeded, test_metrics
 
         assert self.logger is not None
         # A sampled metric (a VAE's ELBO) draws from its own seeded stream, so evaluating
@@ -86,6 +87,7 @@ class ModelLoop(GradientStepTrainer):
         with seeded(self.settings.seed + 1_000_000, self.device):
             metrics = test_metrics(self.model, self.data, self.device, limit=EVAL_EXAMPLES)
         self.record_evaluation(metrics)
+        self.keep_best(model_score(metrics)[1])
         if isinstance(self.model, AutoencoderModel) and self.logger.tb is not None:
             from toolkit.figures import reconstruction_grid
 
