@@ -25,6 +25,15 @@ ENV_FOR_SPACE = {"box": "Pendulum-v1", "discrete": "CartPole-v1"}
 AGENT_NAMES = [e.name for e in registry.entries(AGENTS)]
 
 
+def _toolkit_trained(name: str) -> str:
+    """Agents the toolkit's loops train (act and update on their own); an agent another library
+    trains has nothing to act with until it starts, and gets :func:`test_external_agent_contract`."""
+    spec = registry.agent(name)
+    if spec.kind == "external":
+        pytest.skip("trained by its library: see test_external_agent_contract")
+    return name
+
+
 def _random_dataset(env, steps: int = 300, episode: int = 50) -> OfflineDataset:
     """Uniformly random transitions in ``env``'s spaces, cut into episodes by a time limit."""
     env.observation_space.seed(1)
@@ -89,7 +98,7 @@ def test_factory_imports(name: str) -> None:
 def test_spec_is_complete(name: str) -> None:
     spec = registry.agent(name)
     assert spec.name == name
-    assert spec.kind in {"off-policy", "on-policy", "offline"}
+    assert spec.kind in {"off-policy", "on-policy", "offline", "external"}
     assert spec.action_spaces and spec.description
     fields = describe(spec.config)
     assert fields and all(f.help for f in fields), "every config field needs a help text"
@@ -97,6 +106,7 @@ def test_spec_is_complete(name: str) -> None:
 
 @pytest.mark.parametrize("name", AGENT_NAMES)
 def test_acts_in_the_action_space(name: str) -> None:
+    _toolkit_trained(name)
     _, env, _, agent = _setup(name)
     obs = torch.as_tensor(np.stack([env.observation_space.sample() for _ in range(7)]), dtype=torch.float32)
     for deterministic in (False, True):
@@ -111,6 +121,7 @@ def test_acts_in_the_action_space(name: str) -> None:
 
 @pytest.mark.parametrize("name", AGENT_NAMES)
 def test_update_returns_finite_scalars(name: str) -> None:
+    _toolkit_trained(name)
     spec, env, config, agent = _setup(name)
     if spec.kind == "on-policy":
         pytest.skip("on-policy agents are driven by their rollout tests")
@@ -125,6 +136,7 @@ def test_update_returns_finite_scalars(name: str) -> None:
 
 @pytest.mark.parametrize("name", AGENT_NAMES)
 def test_state_round_trips_through_a_safe_checkpoint(name: str) -> None:
+    _toolkit_trained(name)
     spec, env, config, agent = _setup(name)
     learns_from_batches = spec.kind in ("off-policy", "offline")
 
@@ -154,3 +166,35 @@ def test_state_round_trips_through_a_safe_checkpoint(name: str) -> None:
         b = fresh.update(same)
         for key in a:
             assert torch.allclose(a[key], b[key]), key
+
+
+EXTERNAL_NAMES = [e.name for e in registry.entries(AGENTS) if e.load() is not None and e.status == "ok"
+                  and e.obj.kind == "external" and not e.name.startswith("rllib-")]  # RLlib's own tests start Ray once
+
+
+@pytest.mark.parametrize("name", EXTERNAL_NAMES)
+def test_external_agent_contract(name: str, tmp_path) -> None:
+    """An agent another library trains: it starts on the env, learns a few steps and reports
+    them honestly, acts in the action space, and its native checkpoint restores the same policy
+    into a fresh agent that never started (as `toolkit eval` loads it)."""
+    from functools import partial
+
+    from toolkit.external import EnvContext
+
+    spec, env, config, agent = _setup(name)
+    env_id = next(ENV_FOR_SPACE[s] for s in spec.action_spaces if s in ENV_FOR_SPACE)
+    agent.start(EnvContext(env_id=env_id, make_env=partial(make_env, env_id), seed=0, device=torch.device("cpu"),
+                           total_steps=200))
+    try:
+        report = agent.learn(100)
+        assert report.steps >= 100 and all(1 <= offset <= report.steps for _, _, offset in report.episodes)
+        obs = torch.as_tensor(np.stack([env.observation_space.sample() for _ in range(7)]), dtype=torch.float32)
+        actions = agent.act(obs, deterministic=True)
+        for a in actions.cpu().numpy():
+            assert env.action_space.contains(a.astype(env.action_space.dtype)), a
+        agent.save_native(tmp_path)
+    finally:
+        agent.close()
+    fresh = spec.build(config, env.observation_space, env.action_space, "cpu")
+    fresh.load_native(tmp_path)
+    assert torch.equal(fresh.act(obs, deterministic=True), actions)

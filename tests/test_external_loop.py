@@ -70,8 +70,8 @@ class FakeLibraryAgent(ExternalAgent):
             return torch.zeros(len(obs), dtype=torch.long)
         return (obs[:, 2] + 0.5 * obs[:, 3] > 0).long()  # push towards where the pole falls
 
-    def save_native(self, directory: Path) -> None:
-        (directory / "state.json").write_text(json.dumps({"seen": self.seen}))
+    def save_native(self, directory: Path, resumable: bool = True) -> None:
+        (directory / "state.json").write_text(json.dumps({"seen": self.seen, "resumable": resumable}))
 
     def load_native(self, directory: Path) -> None:
         self.seen = json.loads((directory / "state.json").read_text())["seen"]
@@ -113,6 +113,9 @@ def test_chunks_end_where_the_run_logs_evaluates_and_checkpoints(fake_agent, tmp
     assert load_checkpoint(run / BEST_CHECKPOINT)["agent"]["native"] == "best-step-2000"
     assert sorted(p.name for p in (run / NATIVE_FOLDER).iterdir()) == ["best-step-2000", "step-3000"]
     assert load_checkpoint(run / CHECKPOINT)["agent"]["library"] == "fake-library"
+    # Only the latest checkpoint is written for resuming; the best one is only evaluated.
+    assert json.loads((run / NATIVE_FOLDER / "step-3000" / "state.json").read_text())["resumable"] is True
+    assert json.loads((run / NATIVE_FOLDER / "best-step-2000" / "state.json").read_text())["resumable"] is False
     assert (run / "curves.png").is_file()
 
 

@@ -101,9 +101,11 @@ class ExternalAgent(Agent):
         """Train about ``steps`` more env steps and say what happened (see :class:`LearnReport`)."""
 
     @abstractmethod
-    def save_native(self, directory: Path) -> None:
+    def save_native(self, directory: Path, resumable: bool = True) -> None:
         """Write everything needed to continue training into ``directory`` (which exists and is
-        empty), in the library's own format: policy, optimiser, replay buffer, counters."""
+        empty), in the library's own format: policy, optimiser, replay buffer, counters. With
+        ``resumable=False`` (``checkpoints/best.pt``'s, which only evaluation reads) what only
+        continuing needs, such as a replay buffer, may be left out."""
 
     @abstractmethod
     def load_native(self, directory: Path) -> None:

@@ -92,7 +92,7 @@ class ExternalLoop(TrainingLoop):
 
     # --- checkpoints: the library's own, named by the toolkit's ---------------------------------
 
-    def _write_native(self, name: str) -> dict[str, Any]:
+    def _write_native(self, name: str, resumable: bool) -> dict[str, Any]:
         """Write the library's checkpoint to ``checkpoints/native/<name>`` (atomically, through a
         ``.tmp`` folder) and return the agent entry of a toolkit checkpoint naming it."""
         folder = self.run_dir / NATIVE_FOLDER
@@ -100,7 +100,7 @@ class ExternalLoop(TrainingLoop):
         try:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
-            self.agent.save_native(tmp)
+            self.agent.save_native(tmp, resumable=resumable)
             if target.exists():
                 shutil.rmtree(target)
             tmp.rename(target)
@@ -109,8 +109,10 @@ class ExternalLoop(TrainingLoop):
         return {**self.agent.state_dict(), "native": name}
 
     def learner_state(self, which: str) -> dict[str, Any]:
-        prefix = "best-" if which == "best" else ""
-        return self._write_native(f"{prefix}step-{self.step}")
+        # The best checkpoint is only ever evaluated: it leaves out what only resuming needs.
+        if which == "best":
+            return self._write_native(f"best-step-{self.step}", resumable=False)
+        return self._write_native(f"step-{self.step}", resumable=True)
 
     def load_learner_state(self, state: dict[str, Any]) -> None:
         load_external_state(self.agent, state, self.run_dir)
