@@ -156,3 +156,22 @@ def test_toolkit_list_shows_the_bridges_with_their_library() -> None:
     for name in BRIDGES:
         assert f"stable-baselines3 {library_version('stable-baselines3')}" in rows[name], rows[name]
         assert rows[name].split("│")[-2].strip() == "ok" and "external" in rows[name]
+
+
+def test_resuming_a_bridge_run_without_its_library_is_one_sentence(cli, tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    from toolkit.registry import registry
+
+    run = tmp_path / "run"
+    start_training("sb3-a2c", "CartPole-v1", steps=50, device="cpu", run_dir=run, progress=False)
+    real = library_version
+    monkeypatch.setattr("toolkit.registry.library_version",
+                        lambda name: None if name == "stable-baselines3" else real(name))
+    registry.refresh()  # statuses are found once per process
+    try:
+        for args in (("resume", run, "--steps", "100"), ("eval", run, "--episodes", "1")):
+            assert_clean_error(cli(*args), "sb3-a2c", "unavailable", "stable-baselines3",
+                               "pip install 'toolkit-rl[sb3]'")
+    finally:
+        monkeypatch.undo()
+        registry.refresh()
