@@ -404,6 +404,16 @@ def test_train_refuses_a_dataset_with_nan_in_one_sentence_before_writing(cli, tm
     assert not run_dir.exists()
 
 
+def test_sweep_refuses_a_dataset_with_nan_before_any_trial(cli, tmp_path):
+    data = pendulum_dataset()
+    data.observations[7, 0] = np.inf
+    path = save_dataset(data, tmp_path / "inf.hdf5")
+    result = cli("sweep", "bc", "--env", "Pendulum-v1", "--dataset", path, "--grid", "lr=1e-3,3e-4",
+                 "--sweep-dir", tmp_path / "sweep")
+    assert_clean_error(result, "inf.hdf5", "1 NaN or infinite value in 'observations', the first at row 7")
+    assert not (tmp_path / "sweep").exists()
+
+
 def test_a_dataset_recorded_on_another_env_id_warns_and_trains(tmp_path, capsys):
     from toolkit.training import start_training
 

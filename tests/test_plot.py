@@ -208,3 +208,14 @@ def test_every_finished_run_draws_its_curves(tmp_path, cli, one_thread) -> None:
     assert (run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert cli("resume", run, "--steps", "400", "--no-progress").exit_code == 0
     assert (run / "curves.png").stat().st_mtime_ns > first
+
+
+def test_runs_of_different_learners_are_labelled_by_learner() -> None:
+    from toolkit.plot import group_by_seed, group_labels
+
+    configs = [{"agent": "ppo", "seed": 0, "agent_config": {"lr": 1e-3, "gamma": 0.9}},
+               {"agent": "ppo", "seed": 0, "agent_config": {"lr": 1e-3, "gamma": 0.99}},
+               {"agent": "sb3-ppo", "seed": 0, "agent_config": {"learning_rate": 3e-4, "gamma": 0.9}},
+               {"agent": "sb3-ppo", "seed": 1, "agent_config": {"learning_rate": 3e-4, "gamma": 0.9}}]
+    groups = group_by_seed(["a", "b", "c", "d"], configs)
+    assert group_labels(configs, groups, list("abcd")) == ["ppo, gamma=0.9", "ppo, gamma=0.99", "sb3-ppo, gamma=0.9 (2 seeds)"]

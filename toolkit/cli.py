@@ -227,7 +227,7 @@ def _library_column(entry: Any) -> str:
 def list_(
     check: Annotated[bool, typer.Option("--check", help="Also import every plugin's factory; one line per plugin, exit 1 on any problem.")] = False,
 ) -> None:
-    """Every installed plugin: name, kind, distribution, version and status."""
+    """Every installed plugin: name, kind, distribution and version, a bridge's library, status."""
     from toolkit.registry import registry
 
     if check:
@@ -247,14 +247,14 @@ def list_(
     # agents have an agent kind, environments "env", models "model".)
     table.add_column("name", no_wrap=True)
     table.add_column("kind", no_wrap=True)
-    table.add_column("distribution")
-    table.add_column("version")
-    table.add_column("library")
+    table.add_column("distribution", no_wrap=True)  # with its version: "toolkit-rl 0.1.0"
+    # A bridge's library and its version ("stable-baselines3 2.9.2"); wraps in a narrow terminal.
+    table.add_column("library", overflow="fold")
     table.add_column("status", min_width=6)
     entries = registry.all_entries()
     for entry in entries:
         # Names and reasons come from third-party packages: print them verbatim, never as markup.
-        table.add_row(escape(entry.name), entry.kind, escape(entry.distribution), escape(entry.version),
+        table.add_row(escape(entry.name), entry.kind, escape(f"{entry.distribution} {entry.version}"),
                       escape(_library_column(entry)), _status_markup(entry))
     console.print(table)
     if not entries:
@@ -315,8 +315,8 @@ def _describe_preset(spec: object, env: str) -> None:
 
 @app.command()
 def sweep(
-    agent: Annotated[str, typer.Argument(help="Agent or model name, as listed by `toolkit list`.")],
-    grid: Annotated[list[str], typer.Option("--grid", help="key=v1,v2 (repeatable; ';' separates values that hold commas). Every combination runs.")],
+    agent: Annotated[str, typer.Argument(help="Agent or model name, as listed by `toolkit list`; several comma-separated (sac,sb3-sac) are compared.")],
+    grid: Annotated[Optional[list[str]], typer.Option("--grid", help="key=v1,v2 (repeatable; ';' separates values that hold commas). Every combination runs (for every agent). Optional when comparing several agents.")] = None,
     env: Annotated[Optional[str], typer.Option("--env", "-e", help="Gymnasium environment id, e.g. Hopper-v4 (agents).")] = None,
     seeds: Annotated[int, typer.Option(help="Seeds 0 .. S-1 run for every configuration.")] = 1,
     search: Annotated[str, typer.Option(help="grid: every combination; random: --samples of them, drawn at random.")] = "grid",
@@ -332,13 +332,16 @@ def sweep(
     sweep_dir: Annotated[Optional[Path], typer.Option(help="Where trials' run dirs and the CSVs go (default: sweeps/<agent>/<env>/<time>).")] = None,
     address: Annotated[Optional[str], typer.Option(help="Ray cluster to join: auto, HOST:PORT or ray://HOST:PORT (default: RAY_ADDRESS, else a local Ray).")] = None,
 ) -> None:
-    """Train AGENT (or MODEL) for every grid configuration and seed on Ray Tune; print mean ± std of the final return (a model's test score)."""
+    """Train AGENT (or MODEL) for every grid configuration and seed on Ray Tune; print mean ± std of the final return (a model's test score).
+
+    AGENT may list several agents, comma-separated (sac,sb3-sac: native and bridged alike): each runs every configuration, and the tables get an agent column."""
     from toolkit.distributed.sweep import SUMMARY_FILE, default_sweep_dir, plan_sweep, run_sweep, summary_table
 
     try:
         plan = plan_sweep(agent, env, grid, seeds, search, samples, set_, config, steps, eval_episodes, dataset, device)
-        target = sweep_dir or default_sweep_dir(Path("sweeps"), agent, plan.env)
-        console.print(f"Sweep: {len(plan.configurations)} configuration(s) x {len(plan.seeds)} seed(s) = {plan.trials} trials -> {target}")
+        target = sweep_dir or default_sweep_dir(Path("sweeps"), plan.agent, plan.env)
+        agents = f"{len(plan.agents)} agents x " if plan.several else ""
+        console.print(f"Sweep: {agents}{len(plan.configurations)} configuration(s) x {len(plan.seeds)} seed(s) = {plan.trials} trials -> {target}")
         result = run_sweep(plan, target, address, cpus_per_trial, gpus_per_trial)
     except ToolkitError as exc:
         _fail(exc)

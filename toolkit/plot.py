@@ -213,15 +213,23 @@ def group_by_seed(run_dirs: Sequence[Path], configs: Sequence[dict[str, Any]] | 
 
 def group_labels(configs: Sequence[dict[str, Any]], groups: list[list[int]], names: Sequence[str]) -> list[str]:
     """A label per group: the settings that tell the groups apart (``lr=0.001``), or the runs'
-    directory names when nothing in the configurations differs."""
+    directory names when nothing in the configurations differs. Groups of different learners
+    (``ppo`` and ``sb3-ppo``) are labelled by the learner, followed by the settings that tell one
+    learner's groups apart: their other settings differ only because they are other learners."""
     flat = [_flatten(configs[g[0]]) for g in groups]
+    learners = [str(configs[g[0]].get("model") or configs[g[0]].get("agent") or "") for g in groups]
+    by_learner = len(set(learners)) > 1
     differing = sorted({k for f in flat for k in f if any(f.get(k) != other.get(k) for other in flat)})
+    if by_learner:
+        differing = [k for k in differing if any(f.get(k) != o.get(k) for f, a in zip(flat, learners)
+                                                 for o, b in zip(flat, learners) if a == b)]
     differing = [k for k in differing if k != "toolkit_version"] or differing
     labels = []
-    for g, f in zip(groups, flat):
-        if differing and len(groups) > 1:
-            label = ", ".join(f"{k.split('.')[-1]}={_short_value(f.get(k))}" for k in differing[:3])
-            label += ", ..." if len(differing) > 3 else ""
+    for g, f, learner in zip(groups, flat, learners):
+        if (differing or by_learner) and len(groups) > 1:
+            parts = [learner] if by_learner else []
+            parts += [f"{k.split('.')[-1]}={_short_value(f.get(k))}" for k in differing[:3]]
+            label = ", ".join(parts) + (", ..." if len(differing) > 3 else "")
             label = label if len(label) <= 70 else label[:67] + "..."
         else:
             label = names[g[0]]

@@ -1,5 +1,6 @@
 """Hyper-parameter sweeps on Ray Tune: ``toolkit sweep AGENT --env ENV --grid key=v1,v2 --seeds S``
-(or ``toolkit sweep MODEL --dataset SOURCE ...``).
+(or ``toolkit sweep MODEL --dataset SOURCE ...``), and comparisons of several agents:
+``toolkit sweep sac,sb3-sac --env Pendulum-v1 [--grid ...] --seeds S``.
 
 A sweep is a list of *configurations* (one value per grid key) times seeds ``0 .. S-1``. Every
 (configuration, seed) pair is one Tune trial that trains an ordinary run with
@@ -11,6 +12,14 @@ each by default, and keeps its own records under ``<sweep dir>/tune/``. The swee
     tune/, tune.log  Tune's experiment records and its console output
     results.csv   one row per trial: configuration, grid values, seed, final return, run dir
     summary.csv   one row per configuration: mean and std (over seeds) of the final return, n
+    curves.png    every trial's learning curve, one mean line (and min-max band) per configuration
+
+Several agents (a comma-separated list, native and bridged alike) run every configuration each,
+in one sweep: its trials are (agent, configuration, seed), its run directories are prefixed
+with the agent (``sac-c00-lr=0.001-s0``), and results.csv, summary.csv and the printed table
+gain an ``agent`` column. Grid and ``--set`` keys must then be settings of every listed agent;
+the grid may be empty (a pure comparison of the agents' defaults). One agent's sweep is laid out
+exactly as before, and needs a grid.
 
 ``--search grid`` (the default) runs every combination of the grid's values;
 ``--search random --samples K`` runs K distinct combinations drawn at random from the same
@@ -36,6 +45,7 @@ import itertools
 import math
 import re
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,11 +63,12 @@ SEARCHES = ("grid", "random")
 SEARCH_SEED = 0
 
 
-def parse_grid(items: list[str]) -> dict[str, list[str]]:
+def parse_grid(items: list[str], allow_empty: bool = False) -> dict[str, list[str]]:
     """``["lr=1e-3,3e-4", "hidden_sizes=64,64;256,256"]`` -> ``{"lr": ["1e-3", "3e-4"], ...}``.
 
     Values are separated by commas, or by semicolons when a value itself holds commas (a tuple
-    such as ``hidden_sizes``)."""
+    such as ``hidden_sizes``). An empty grid is refused unless ``allow_empty`` (a comparison of
+    several agents needs no grid)."""
     grid: dict[str, list[str]] = {}
     for item in items:
         key, sep, raw = item.partition("=")
@@ -72,14 +83,27 @@ def parse_grid(items: list[str]) -> dict[str, list[str]]:
         if len(set(values)) != len(values):
             raise ToolkitError(f"--grid {key} lists a value twice in '{raw}'.")
         grid[key] = values
-    if not grid:
+    if not grid and not allow_empty:
         raise ToolkitError("A sweep needs at least one --grid key=value1,value2.")
     return grid
 
 
+def parse_agents(text: str) -> list[str]:
+    """``"sac, sb3-sac"`` -> ``["sac", "sb3-sac"]``: the learners a sweep compares."""
+    names = [name.strip() for name in text.split(",")]
+    if any(not name for name in names):
+        raise ToolkitError(f"The agent list '{text}' has an empty name; separate agents by single commas (sac,sb3-sac).")
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:
+        raise ToolkitError(f"The agent list '{text}' names '{twice[0]}' twice.")
+    return names
+
+
 @dataclass
 class SweepPlan:
-    """What a sweep runs: configurations (grid key -> value as typed) times seeds."""
+    """What a sweep runs: agents times configurations (grid key -> value as typed) times seeds.
+
+    ``agent`` is one learner's name, or several separated by commas (see :attr:`agents`)."""
 
     agent: str
     env: str
@@ -94,24 +118,42 @@ class SweepPlan:
     #: What the trials' ``final_return`` measures, as the table says it.
     metric: str = "final return"
 
+    @property
+    def agents(self) -> list[str]:
+        """The learners the sweep trains, in the order given."""
+        return self.agent.split(",")
+
+    @property
+    def several(self) -> bool:
+        """Whether the sweep compares several agents (its tables then have an agent column)."""
+        return len(self.agents) > 1
+
     def label(self, index: int) -> str:
         """``lr=0.001 gamma=0.9``: how a configuration is shown in tables and CSVs."""
         return " ".join(f"{k}={v}" for k, v in self.configurations[index].items())
 
-    def trial_name(self, index: int, seed: int) -> str:
-        """The run directory of one trial, inside the sweep directory."""
+    def trial_name(self, index: int, seed: int, agent: int = 0) -> str:
+        """The run directory of one trial, inside the sweep directory; prefixed by the agent
+        when the sweep has several (each runs the same configurations)."""
         text = "_".join(f"{k}={v}" for k, v in self.configurations[index].items())
-        return f"c{index:02d}-{re.sub(r'[^A-Za-z0-9._=,+-]', '-', text)}-s{seed}"
+        name = f"c{index:02d}-{_safe(text)}-s{seed}" if text else f"c{index:02d}-s{seed}"
+        return f"{_safe(self.agents[agent])}-{name}" if self.several else name
 
     @property
     def trials(self) -> int:
-        return len(self.configurations) * len(self.seeds)
+        """How many trials the sweep runs: agents x configurations x seeds."""
+        return len(self.agents) * len(self.configurations) * len(self.seeds)
+
+
+def _safe(text: str) -> str:
+    """``text`` with every character a directory name should not hold replaced by ``-``."""
+    return re.sub(r'[^A-Za-z0-9._=,+-]', '-', text)
 
 
 def plan_sweep(
     agent: str,
     env: str | None,
-    grid_items: list[str],
+    grid_items: list[str] | None,
     seeds: int = 1,
     search: str = "grid",
     samples: int | None = None,
@@ -122,11 +164,12 @@ def plan_sweep(
     dataset: str | Path | None = None,
     device: str = "auto",
 ) -> SweepPlan:
-    """Check a sweep request completely, without starting anything, and lay out its trials."""
-    from toolkit.envs import check_agent_fits, check_env_id, make_env
-    from toolkit.registry import ModelSpec
-    from toolkit.session import build_config
-    from toolkit.training import check_learner_inputs
+    """Check a sweep request completely, without starting anything, and lay out its trials.
+
+    ``agent`` names one learner or several, comma-separated; every check that concerns a
+    learner (its inputs, the env's spaces, every grid and ``--set`` key and value) is made for
+    each, and with several agents its sentence starts by naming the agent it is about."""
+    from toolkit.envs import check_env_id
 
     if seeds < 1:
         raise ToolkitError(f"--seeds must be at least 1 (seeds 0 .. S-1 run for every configuration), got {seeds}.")
@@ -136,33 +179,103 @@ def plan_sweep(
         raise ToolkitError("--samples picks configurations at random; add --search random, or drop --samples.")
     if eval_episodes < 1:
         raise ToolkitError(f"--eval-episodes must be positive, got {eval_episodes}.")
-    spec = registry.learner(agent)
-    check_learner_inputs(spec, env, dataset)
-    if isinstance(spec, ModelSpec):
-        from toolkit.data.images import load_image_source
-
-        load_image_source(str(dataset))  # an unknown source or a broken file, before any trial
-    else:
-        assert env is not None
-        check_env_id(env)
-        probe = make_env(env)
-        try:
-            check_agent_fits(spec, env, probe)
-            if dataset is not None:
-                from toolkit.data import check_dataset_fits, load_dataset
-
-                check_dataset_fits(load_dataset(dataset), probe)
-        finally:
-            probe.close()
-    grid = parse_grid(grid_items)
+    names = parse_agents(agent)
+    several = len(names) > 1
+    specs = [registry.learner(name) for name in names]
+    if env is not None and any(not _is_model(spec) for spec in specs):
+        check_env_id(env)  # once: the env is every agent's
+    for spec in specs:
+        with _about(spec.name, several):
+            _check_inputs(spec, env, dataset)
+    metric = _common_metric(specs)
+    grid = parse_grid(grid_items or [], allow_empty=several)
     fixed = parse_set_options(set_items or [])
     both = sorted(set(grid) & set(fixed))
     if both:
         raise ToolkitError(f"'{both[0]}' is given both by --grid and by --set; keep one.")
+    for spec in specs:  # unknown keys and ill-typed values, named precisely
+        with _about(spec.name, several):
+            _check_grid_values(spec, grid)
+    combos = _configurations(grid, search, samples)
+    fixed_items = [f"{k}={v}" for k, v in fixed.items()]
+    for spec in specs:
+        with _about(spec.name, several):
+            _check_configurations(spec, combos, fixed_items, config_file)
+    training = {
+        "steps": steps, "device": device, "set_items": fixed_items, "dataset": _absolute(dataset),
+        "config_file": _absolute(config_file), "eval_episodes": eval_episodes,
+    }
+    is_model = _is_model(specs[0])
+    where = env if env is not None else Path(str(dataset)).stem
+    return SweepPlan(",".join(names), where, list(grid), combos, list(range(seeds)), training, eval_episodes,
+                     model=is_model, metric=metric)
+
+
+@contextlib.contextmanager
+def _about(agent: str, several: bool) -> Iterator[None]:
+    """In a sweep of several agents, a refusal that does not name the agent it is about
+    already starts by naming it."""
+    try:
+        yield
+    except ToolkitError as exc:
+        if not several or f"'{agent}'" in str(exc):
+            raise
+        raise ToolkitError(f"Agent '{agent}': {exc}") from None
+
+
+def _is_model(spec: Any) -> bool:
+    from toolkit.registry import ModelSpec
+
+    return isinstance(spec, ModelSpec)
+
+
+def _check_inputs(spec: Any, env: str | None, dataset: str | Path | None) -> None:
+    """What one learner needs from the env or dataset, checked before any trial starts."""
+    from toolkit.envs import check_agent_fits, make_env
+    from toolkit.training import check_learner_inputs
+
+    check_learner_inputs(spec, env, dataset)
+    if _is_model(spec):
+        from toolkit.data.images import load_image_source
+
+        load_image_source(str(dataset))  # an unknown source or a broken file, before any trial
+        return
+    assert env is not None
+    probe = make_env(env)
+    try:
+        check_agent_fits(spec, env, probe)
+        if dataset is not None:  # what `toolkit train` refuses, refused before any trial starts
+            from toolkit.data import check_dataset_fits, load_dataset
+            from toolkit.data.validate import check_finite
+
+            data = load_dataset(dataset)
+            check_finite(data)
+            check_dataset_fits(data, probe)
+    finally:
+        probe.close()
+
+
+def _common_metric(specs: list[Any]) -> str:
+    """What every trial's ``final_return`` measures; learners scored differently (a return
+    and a test accuracy, say) cannot share one table."""
+    metrics = {spec.name: _model_metric(spec.kind) if _is_model(spec) else "final return" for spec in specs}
+    distinct = sorted(set(metrics.values()))
+    if len(distinct) > 1:
+        listing = "; ".join(f"{name}: {metric}" for name, metric in metrics.items())
+        raise ToolkitError(f"These learners are scored by different measures ({listing}); sweep them separately.")
+    return distinct[0]
+
+
+def _check_grid_values(spec: Any, grid: dict[str, list[str]]) -> None:
+    """Every grid value typed through the learner's config, as ``--set`` would be."""
     base = spec.config()
-    for key, values in grid.items():  # unknown keys and ill-typed values, named precisely
+    for key, values in grid.items():
         for value in values:
             apply_overrides(base, {key: value}, source="--grid")
+
+
+def _configurations(grid: dict[str, list[str]], search: str, samples: int | None) -> list[dict[str, str]]:
+    """The grid's configurations: all of them, or ``samples`` drawn at random (seeded)."""
     combos = [dict(zip(grid, values)) for values in itertools.product(*grid.values())]
     if search == "random":
         if samples is None or samples < 1:
@@ -174,21 +287,22 @@ def plan_sweep(
             )
         picked = np.random.default_rng(SEARCH_SEED).choice(len(combos), size=samples, replace=False)
         combos = [combos[i] for i in sorted(picked)]
-    fixed_items = [f"{k}={v}" for k, v in fixed.items()]
-    for combo in combos:  # whole configurations, through the config's own validate()
+    return combos
+
+
+def _check_configurations(spec: Any, combos: list[dict[str, str]], fixed_items: list[str],
+                          config_file: Path | None) -> None:
+    """Whole configurations, through the learner's config and its own validate()."""
+    from toolkit.session import build_config
+
+    for combo in combos:
         try:
             build_config(spec, config_file, fixed_items + [f"{k}={v}" for k, v in combo.items()])
         except ToolkitError as exc:
             label = " ".join(f"{k}={v}" for k, v in combo.items())
+            if not label:  # no grid: the error is the --set items' or the config file's alone
+                raise
             raise ToolkitError(f"Configuration {label}: {exc}") from None
-    training = {
-        "steps": steps, "device": device, "set_items": fixed_items, "dataset": _absolute(dataset),
-        "config_file": _absolute(config_file), "eval_episodes": eval_episodes,
-    }
-    is_model = isinstance(spec, ModelSpec)
-    where = env if env is not None else Path(str(dataset)).stem
-    return SweepPlan(agent, where, list(grid), combos, list(range(seeds)), training, eval_episodes,
-                     model=is_model, metric=_model_metric(spec.kind) if is_model else "final return")
 
 
 def _model_metric(kind: str) -> str:
@@ -205,8 +319,9 @@ def _absolute(path: str | Path | None) -> Any:
 
 
 def default_sweep_dir(root: Path, agent: str, env: str) -> Path:
-    """``root/<agent>/<env>/<YYYYmmdd-HHMMSS>``, never an existing directory."""
-    base = root / agent / env.replace("/", "_") / time.strftime("%Y%m%d-%H%M%S")
+    """``root/<agent>/<env>/<YYYYmmdd-HHMMSS>``, never an existing directory; several agents
+    ``sac,sb3-sac`` make the folder ``sac+sb3-sac``."""
+    base = root / agent.replace(",", "+") / env.replace("/", "_") / time.strftime("%Y%m%d-%H%M%S")
     candidate, n = base, 1
     while candidate.exists():
         n += 1
@@ -228,17 +343,21 @@ class TrialRow:
     steps: int | None
     run_dir: str
     error: str = ""
+    #: Index of the trial's agent in :attr:`SweepPlan.agents`.
+    agent: int = 0
 
 
 @dataclass
 class SummaryRow:
-    """One configuration's outcome over its seeds, as written to summary.csv."""
+    """One configuration's (of one agent) outcome over its seeds, as written to summary.csv."""
 
     configuration: int
     mean: float | None
     std: float | None
     n: int
     failed: int
+    #: Index of the agent in :attr:`SweepPlan.agents`.
+    agent: int = 0
 
 
 @dataclass
@@ -257,12 +376,12 @@ def _trial(config: dict[str, Any], plan: SweepPlan, sweep_dir: str) -> None:
 
     from toolkit.training import evaluate_model_run, evaluate_run, start_training
 
-    index, seed = int(config["configuration"]), int(config["seed"])
+    index, seed, agent = int(config["configuration"]), int(config["seed"]), int(config["agent"])
     t = plan.training
     overrides = [f"{k}={v}" for k, v in plan.configurations[index].items()]
-    run_dir = Path(sweep_dir) / plan.trial_name(index, seed)
+    run_dir = Path(sweep_dir) / plan.trial_name(index, seed, agent)
     _, loop_result = start_training(
-        plan.agent, None if plan.model else plan.env, steps=t["steps"], seed=seed, device=t["device"],
+        plan.agents[agent], None if plan.model else plan.env, steps=t["steps"], seed=seed, device=t["device"],
         config_file=Path(t["config_file"]) if t["config_file"] else None, set_items=t["set_items"] + overrides,
         run_dir=run_dir, eval_episodes=t["eval_episodes"], progress=False, dataset=t["dataset"],
     )
@@ -302,6 +421,7 @@ def run_sweep(
     tuner = tune.Tuner(
         trainable,
         param_space={
+            "agent": tune.grid_search(list(range(len(plan.agents)))),
             "configuration": tune.grid_search(list(range(len(plan.configurations)))),
             "seed": tune.grid_search(plan.seeds),
         },
@@ -313,18 +433,18 @@ def run_sweep(
         grid = tuner.fit()
     rows = []
     for result in grid:
-        index, seed = int(result.config["configuration"]), int(result.config["seed"])
+        index, seed, agent = (int(result.config[k]) for k in ("configuration", "seed", "agent"))
         metrics = result.metrics or {}
         rows.append(TrialRow(
             configuration=index, seed=seed, final_return=metrics.get("final_return"),
             final_return_std=metrics.get("final_return_std"), steps=metrics.get("steps"),
-            run_dir=str(sweep_dir / plan.trial_name(index, seed)),
-            error=_first_line(result.error) if result.error is not None else "",
+            run_dir=str(sweep_dir / plan.trial_name(index, seed, agent)),
+            error=_first_line(result.error) if result.error is not None else "", agent=agent,
         ))
-    rows.sort(key=lambda r: (r.configuration, r.seed))
+    rows.sort(key=lambda r: (r.agent, r.configuration, r.seed))
     summary = summarise(plan, rows)
     write_results(sweep_dir, plan, rows, summary)
-    from toolkit.plot import write_sweep_curves  # curves.png: a mean line per configuration
+    from toolkit.plot import write_sweep_curves  # curves.png: a mean line per configuration (and agent)
 
     write_sweep_curves(sweep_dir, [r.run_dir for r in rows if not r.error])
     return SweepResult(sweep_dir, plan, rows, summary)
@@ -336,38 +456,51 @@ def _first_line(error: BaseException) -> str:
     return lines[-1][:300] if lines else type(error).__name__
 
 
+def mean_std(values: Sequence[float]) -> tuple[float | None, float | None]:
+    """Mean and sample std (ddof 1) over seeds: the std of a single seed is 0, and no
+    values give ``(None, None)``."""
+    if not values:
+        return None, None
+    return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+
+
 def summarise(plan: SweepPlan, rows: list[TrialRow]) -> list[SummaryRow]:
-    """Mean and sample std (ddof 1; 0 for a single seed) of the final return per configuration,
-    best mean first; failed trials are counted apart."""
+    """Mean and sample std (ddof 1; 0 for a single seed) of the final return per configuration
+    (of each agent), best mean first; failed trials are counted apart."""
     out = []
-    for index in range(len(plan.configurations)):
-        mine = [r for r in rows if r.configuration == index]
+    for agent, index in itertools.product(range(len(plan.agents)), range(len(plan.configurations))):
+        mine = [r for r in rows if r.configuration == index and r.agent == agent]
         values = [r.final_return for r in mine if r.final_return is not None and not r.error]
-        mean = float(np.mean(values)) if values else None
-        std = float(np.std(values, ddof=1)) if len(values) > 1 else (0.0 if values else None)
-        out.append(SummaryRow(index, mean, std, len(values), len(mine) - len(values)))
+        mean, std = mean_std(values)
+        out.append(SummaryRow(index, mean, std, len(values), len(mine) - len(values), agent))
     out.sort(key=lambda s: -math.inf if s.mean is None else s.mean, reverse=True)
     return out
 
 
 def write_results(sweep_dir: Path, plan: SweepPlan, rows: list[TrialRow], summary: list[SummaryRow]) -> None:
-    """``results.csv`` (a row per trial) and ``summary.csv`` (a row per configuration)."""
+    """``results.csv`` (a row per trial) and ``summary.csv`` (a row per configuration, and
+    agent); both start with an ``agent`` column when the sweep has several."""
 
     def grid_values(index: int) -> list[str]:
         return [plan.configurations[index][k] for k in plan.keys]
 
+    def agent(row: TrialRow | SummaryRow) -> list[str]:
+        return [plan.agents[row.agent]] if plan.several else []
+
+    first = ["agent"] if plan.several else []
     with open(sweep_dir / RESULTS_FILE, "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["configuration", *plan.keys, "seed", "final_return", "final_return_std", "steps",
+        writer.writerow([*first, "configuration", *plan.keys, "seed", "final_return", "final_return_std", "steps",
                          "run_dir", "error"])
         for r in rows:
-            writer.writerow([r.configuration, *grid_values(r.configuration), r.seed, _cell(r.final_return),
+            writer.writerow([*agent(r), r.configuration, *grid_values(r.configuration), r.seed, _cell(r.final_return),
                              _cell(r.final_return_std), _cell(r.steps), r.run_dir, r.error])
     with open(sweep_dir / SUMMARY_FILE, "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["configuration", *plan.keys, "mean", "std", "n", "failed"])
+        writer.writerow([*first, "configuration", *plan.keys, "mean", "std", "n", "failed"])
         for s in summary:
-            writer.writerow([s.configuration, *grid_values(s.configuration), _cell(s.mean), _cell(s.std), s.n, s.failed])
+            writer.writerow([*agent(s), s.configuration, *grid_values(s.configuration), _cell(s.mean), _cell(s.std),
+                             s.n, s.failed])
 
 
 def _cell(value: Any) -> str:
@@ -375,13 +508,15 @@ def _cell(value: Any) -> str:
 
 
 def summary_table(result: SweepResult) -> Any:
-    """A rich table of the summary: a row per configuration, best mean first."""
+    """A rich table of the summary: a row per configuration (and agent), best mean first."""
     from rich.markup import escape
     from rich.table import Table
 
     plan = result.plan
     seeds = len(plan.seeds)
-    table = Table(title=f"{plan.agent} on {plan.env}: {plan.metric} over {seeds} seed{'s' * (seeds != 1)}")
+    table = Table(title=f"{', '.join(plan.agents)} on {plan.env}: {plan.metric} over {seeds} seed{'s' * (seeds != 1)}")
+    if plan.several:
+        table.add_column("agent", no_wrap=True)
     for key in plan.keys:
         table.add_column(key, no_wrap=True)
     table.add_column(plan.metric, justify="right", no_wrap=True)
@@ -391,5 +526,6 @@ def summary_table(result: SweepResult) -> Any:
         fmt = ".4g" if plan.model else ".2f"  # a model's score can be a small error
         ret = "-" if s.mean is None else f"{s.mean:{fmt}} ± {s.std:{fmt}}"
         values = [escape(plan.configurations[s.configuration][k]) for k in plan.keys]
-        table.add_row(*values, ret, str(s.n), str(s.failed))
+        agent = [escape(plan.agents[s.agent])] if plan.several else []
+        table.add_row(*agent, *values, ret, str(s.n), str(s.failed))
     return table
