@@ -27,6 +27,7 @@ from toolkit.training import start_training
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=8)
+    parser.add_argument("--first-seed", type=int, default=0, help="seeds run are FIRST .. FIRST+SEEDS-1 (split a run over processes)")
     parser.add_argument("--steps", type=int, default=50_000)
     parser.add_argument("--eval-every", type=int, default=5_000)
     parser.add_argument("--set", dest="set_items", action="append", default=[], help="agent setting key=value")
@@ -35,7 +36,7 @@ def main() -> None:
     torch.set_num_threads(1)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for seed in range(args.seeds):
+        for seed in range(args.first_seed, args.first_seed + args.seeds):
             run, _ = start_training("dqn", "CartPole-v1", steps=args.steps, seed=seed, device="cpu", progress=False,
                                     run_dir=Path(tmp) / f"s{seed}", checkpoint_every=0, eval_every=args.eval_every,
                                     eval_episodes=10, log_every=args.eval_every, set_items=args.set_items,
