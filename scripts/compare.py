@@ -9,7 +9,7 @@ one table, a row per agent, is printed and written to ``OUT/comparison.md`` and
 
     final eval return   the run's last evaluation (at the end of training), mean ± std over seeds
     best eval return    the run's best evaluation, mean ± std over seeds
-    env steps/s         the mean of the run's logged training rates, mean over seeds
+    env steps/s         the run's logged env steps over their logged time, mean over seeds
     wall time           seconds from start_training's call to its return, mean over seeds
 
 and ``OUT/comparison.png`` overlays the evaluation curves (mean return vs env step), one line
@@ -178,11 +178,25 @@ def availability(agent: str, env: str, settings: list[str], preset: bool = False
 
 
 def run_numbers(run_dir: Path) -> tuple[float | None, float | None, float | None]:
-    """A run's last and best evaluation mean return and its mean logged env steps/s."""
+    """A run's last and best evaluation mean return and its env steps/s over the whole run."""
     evals = [r["return_mean"] for r in read_metrics(run_dir, "eval") if _finite(r.get("return_mean"))]
-    rates = [r["steps_per_second"] for r in read_metrics(run_dir, "train") if _finite(r.get("steps_per_second"))]
-    rate = sum(rates) / len(rates) if rates else None
+    rate = training_rate(read_metrics(run_dir, "train"))
     return (evals[-1], max(evals), rate) if evals else (None, None, rate)
+
+
+def training_rate(rows: list[dict]) -> float | None:
+    """Env steps per second over all the logged windows: their steps over their summed time.
+    Not the mean of the windows' rates, which the fast windows before learning starts (random
+    actions, thousands of steps/s) would inflate many times over."""
+    steps = seconds = 0.0
+    previous = 0
+    for row in rows:
+        window = row["step"] - previous
+        previous = row["step"]
+        if _finite(row.get("steps_per_second")) and row["steps_per_second"] > 0 and window > 0:
+            steps += window
+            seconds += window / row["steps_per_second"]
+    return steps / seconds if seconds > 0 else None
 
 
 def _finite(value: object) -> bool:

@@ -57,7 +57,7 @@ def test_two_agents_two_seeds_one_table_from_the_runs_metrics(compare, one_threa
         evals = [[r["return_mean"] for r in _metrics(run) if r["kind"] == "eval"] for run in runs]
         assert all(len(e) == 2 for e in evals)  # the same protocol for every run: two evaluations
         finals, bests = [e[-1] for e in evals], [max(e) for e in evals]
-        rates = [statistics.mean(r["steps_per_second"] for r in _metrics(run) if r["kind"] == "train") for run in runs]
+        rates = [_overall_rate([r for r in _metrics(run) if r["kind"] == "train"]) for run in runs]
         assert (row["seeds_ok"], row["seeds"], row["note"]) == ("2", "2", "")
         assert float(row["final_return_mean"]) == pytest.approx(statistics.mean(finals))
         assert float(row["final_return_std"]) == pytest.approx(statistics.stdev(finals))
@@ -117,3 +117,16 @@ def test_mistakes_are_one_sentence_before_anything_trains(compare, tmp_path: Pat
     assert compare.main([*env, "--steps", "1000", "--out", str(tmp_path / "cmp"), *args]) == 2
     assert fragment in " ".join(capsys.readouterr().err.split())
     assert not any((tmp_path / "cmp").glob("*/s0"))
+
+
+def _overall_rate(rows: list[dict]) -> float:
+    """Env steps/s over a run's logged windows: the harmonic mean of their rates, each weighted by
+    its steps (a window of n steps at r steps/s took n / r seconds)."""
+    steps = [b["step"] - a for a, b in zip([0] + [r["step"] for r in rows], rows)]
+    return statistics.harmonic_mean([r["steps_per_second"] for r in rows], weights=steps)
+
+
+def test_steps_per_second_is_steps_over_time_not_the_mean_of_window_rates(compare: ModuleType) -> None:
+    # 1,000 random steps at 5,000/s (0.2 s), then 1,000 learning steps at 50/s (20 s).
+    rows = [{"step": 1_000, "steps_per_second": 5_000.0}, {"step": 2_000, "steps_per_second": 50.0}]
+    assert compare.training_rate(rows) == pytest.approx(2_000 / 20.2)
