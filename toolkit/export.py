@@ -35,8 +35,10 @@ def default_export_path(run_dir: Path, fmt: str) -> Path:
 def load_policy(run_dir: Path) -> tuple[Any, Any]:
     """The run's trained agent on the CPU (built as :func:`toolkit.session.open_trained_run`
     builds it) and its session; refuses runs whose policy cannot be exported."""
-    from toolkit.runs import CHECKPOINT, load_checkpoint, load_settings
-    from toolkit.session import open_run
+    from toolkit.agent import Agent
+    from toolkit.external import refuse_external
+    from toolkit.runs import CHECKPOINT, load_settings
+    from toolkit.session import open_trained_run
 
     run_dir = Path(run_dir)
     settings = load_settings(run_dir)
@@ -44,21 +46,12 @@ def load_policy(run_dir: Path) -> tuple[Any, Any]:
         raise ToolkitError(f"{run_dir} is a {settings.model} model run; only agent runs have a policy to export.")
     if not (run_dir / CHECKPOINT).is_file():
         raise ToolkitError(f"{run_dir} has no checkpoint yet ({CHECKPOINT}); train it first.")
-    from toolkit.agent import Agent
-
-    session = open_run(run_dir, device="cpu")
-    from toolkit.external import refuse_external
-
+    session, _ = open_trained_run(run_dir, device="cpu")
     refuse_external(session.agent, settings.agent, "export")
     # Memoryless agents keep the base class's no-op; sequence models clear their context there.
     if getattr(type(session.agent), "start_episode", Agent.start_episode) is not Agent.start_episode:
         raise ToolkitError(f"{settings.agent} acts on the episode so far (a sequence model), so it has no "
                            "single-observation policy to export.")
-    state = load_checkpoint(run_dir / CHECKPOINT, device="cpu")
-    try:
-        session.agent.load_state_dict(state["agent"])
-    except (KeyError, RuntimeError, ValueError, TypeError) as exc:
-        raise ToolkitError(f"Checkpoint {run_dir / CHECKPOINT} does not fit this run's agent ({exc}).") from None
     return session.agent, session
 
 

@@ -260,8 +260,8 @@ class PluginEntry:
                 f"the entry point is called '{self.name}' but its spec ({self.value}) is named '{self.obj.name}'; "
                 "give the entry point and the spec the same name"
             )
-        elif self.group == AGENTS and missing_requirement(self.obj, self.distribution):
-            self.status, self.reason = "unavailable", str(missing_requirement(self.obj, self.distribution))
+        elif self.group == AGENTS and (unmet := missing_requirement(self.obj, self.distribution)):
+            self.status, self.reason = "unavailable", unmet
         elif self.group in (AGENTS, MODELS) and isinstance(self.obj.factory, str):
             missing = _missing_factory_module(self.obj.factory)
             if missing:

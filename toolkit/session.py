@@ -162,10 +162,10 @@ def checkpoint_path(run_dir: Path, which: str = "latest") -> Path:
     return path
 
 
-def open_trained_run(run_dir: Path, checkpoint: str = "latest") -> tuple[Session, int]:
+def open_trained_run(run_dir: Path, checkpoint: str = "latest", device: str | None = None) -> tuple[Session, int]:
     """A run's learner with the weights of its ``latest`` (or ``best``) checkpoint, and the
-    step that checkpoint was saved at."""
-    session = open_run(run_dir)
+    step that checkpoint was saved at (on ``device``, default the run's)."""
+    session = open_run(run_dir, device)
     path = checkpoint_path(run_dir, checkpoint)
     state = load_checkpoint(path, device=session.device)
     key = "model" if session.is_model else "agent"

@@ -15,7 +15,6 @@ the Ray cluster.
 from __future__ import annotations
 
 import shutil
-from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -26,24 +25,18 @@ from toolkit.envs import make_env
 from toolkit.external import NATIVE_FOLDER, EnvContext, ExternalAgent, load_external_state
 from toolkit.loops.base import TrainingLoop
 from toolkit.progress import TrainingProgress
-from toolkit.runs import BEST_CHECKPOINT, CHECKPOINT, RunSettings, file_error, load_checkpoint
+from toolkit.runs import BEST_CHECKPOINT, CHECKPOINT, file_error, load_checkpoint
 
 
 class ExternalLoop(TrainingLoop):
     """Trains an :class:`~toolkit.external.ExternalAgent` through its library, in chunks."""
 
-    def __init__(
-        self,
-        agent: ExternalAgent,
-        settings: RunSettings,
-        make_env: Callable[[], Any],
-        run_dir: Path,
-        device: torch.device,
-        progress: bool = True,
-    ) -> None:
-        super().__init__(agent, settings, make_env, run_dir, device, progress)
-        self.agent: ExternalAgent = agent
-        self._started = False
+    agent: ExternalAgent
+    #: Whether this loop has started the library (once per run() of a fresh or resumed run).
+    _started = False
+    #: The native folders the toolkit's checkpoints on disk name, by "latest" and "best" (read
+    #: from the files once, then kept as they are written).
+    _named: dict[str, str] | None = None
 
     @classmethod
     def from_session(cls, session: Any, run_dir: Path, progress: bool) -> ExternalLoop:
@@ -108,32 +101,42 @@ class ExternalLoop(TrainingLoop):
             raise file_error("native checkpoint", target, exc) from None
         return {**self.agent.state_dict(), "native": name}
 
+    def _native_name(self, which: str) -> str:
+        """The native folder of the ``latest`` or ``best`` checkpoint taken at this step."""
+        return f"best-step-{self.step}" if which == "best" else f"step-{self.step}"
+
     def learner_state(self, which: str) -> dict[str, Any]:
         # The best checkpoint is only ever evaluated: it leaves out what only resuming needs.
-        if which == "best":
-            return self._write_native(f"best-step-{self.step}", resumable=False)
-        return self._write_native(f"step-{self.step}", resumable=True)
+        return self._write_native(self._native_name(which), resumable=which != "best")
 
     def load_learner_state(self, state: dict[str, Any]) -> None:
         load_external_state(self.agent, state, self.run_dir)
 
     def checkpoint(self) -> None:
         super().checkpoint()
+        self._named_folders()["latest"] = self._native_name("latest")
         self._remove_unnamed_native()
 
     def keep_best(self, value: float) -> bool:
         kept = super().keep_best(value)
         if kept:
+            self._named_folders()["best"] = self._native_name("best")
             self._remove_unnamed_native()
         return kept
+
+    def _named_folders(self) -> dict[str, str]:
+        """:attr:`_named`, read from ``latest.pt`` and ``best.pt`` the first time it is needed."""
+        if self._named is None:
+            self._named = {}
+            for which, path in (("latest", CHECKPOINT), ("best", BEST_CHECKPOINT)):
+                if (self.run_dir / path).is_file():
+                    self._named[which] = load_checkpoint(self.run_dir / path)[self.learner_key].get("native")
+        return self._named
 
     def _remove_unnamed_native(self) -> None:
         """Delete native checkpoints that neither ``latest.pt`` nor ``best.pt`` names (older
         ones, and folders a crash left half-written)."""
-        named = set()
-        for path in (CHECKPOINT, BEST_CHECKPOINT):
-            if (self.run_dir / path).is_file():
-                named.add(load_checkpoint(self.run_dir / path)[self.learner_key].get("native"))
+        named = set(self._named_folders().values())
         folder = self.run_dir / NATIVE_FOLDER
         if folder.is_dir():
             for child in folder.iterdir():
@@ -141,9 +144,4 @@ class ExternalLoop(TrainingLoop):
                     shutil.rmtree(child, ignore_errors=True)
 
 
-def is_external(learner: Any) -> bool:
-    """True for agents trained by another library."""
-    return isinstance(learner, ExternalAgent)
-
-
-__all__ = ["ExternalLoop", "is_external"]
+__all__ = ["ExternalLoop"]
