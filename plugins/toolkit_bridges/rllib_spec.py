@@ -147,8 +147,8 @@ class RLlibDQNConfig:
 #: Tuned settings (``toolkit train rllib-ppo --preset``). On CartPole-v1: RLlib's tuned example's
 #: lr, num_epochs and vf_loss_coeff, with a 1,000-step batch and 64x64 networks, which learn
 #: faster in wall time than its 4,000-step batch on two cores. Measured with
-#: ``tests/test_bridge_rllib.py``'s protocol (evaluation of 5 episodes every 2,000 steps, stop at
-#: the first >= 475): seeds 0-3 got there at 4,000, 14,000, 6,000 and 22,000 steps.
+#: ``tests/test_bridge_rllib.py -k ppo_learns_cartpole`` (evaluation of 5 episodes every 2,000
+#: steps, stop at the first >= 475): seed 0 gets there at 4,000 steps.
 PPO_PRESETS = {
     "CartPole-v1": {
         "settings": {"lr": 3e-4, "num_epochs": 6, "vf_loss_coeff": 0.01, "train_batch_size_per_learner": 1000,
